@@ -1,0 +1,6 @@
+//! managedbot: a Kubernetes operator that owns the webhook wiring of Telegram
+//! bots. One module per part; `main.rs` only dispatches the command line.
+
+pub mod cli;
+pub mod resource;
+pub mod telemetry;
