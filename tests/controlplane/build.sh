@@ -8,7 +8,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kube_version=v1.37.2
 etcd_version=v3.7.0
-key=$(cat "$here/kubernetes/go.mod" "$here/kubernetes/go.sum" "$here/etcd/go.mod" "$here/etcd/go.sum" "$0" |
+version_flags="-X k8s.io/component-base/version.gitVersion=$kube_version \
+  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 \
+  -X k8s.io/client-go/pkg/version.gitVersion=$kube_version \
+  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=37"
+# The cache key: what decides the binaries, not this script's other lines.
+key=$( (cat "$here/kubernetes/go.mod" "$here/kubernetes/go.sum" "$here/etcd/go.mod" "$here/etcd/go.sum"; go version 2>/dev/null; echo "$version_flags") |
   sha256sum | cut -c1-12)
 cache=${MANAGEDBOT_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/managedbot/controlplane}
 bin="$cache/kubernetes-$kube_version-etcd-$etcd_version-$key/bin"
@@ -31,10 +36,6 @@ progress() { echo "[control plane] $* ($((SECONDS - start))s)" >&2; }
 beat=$!
 trap 'kill $beat 2>/dev/null; rm -rf "$tmp"' EXIT
 
-version_flags="-X k8s.io/component-base/version.gitVersion=$kube_version \
-  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 \
-  -X k8s.io/client-go/pkg/version.gitVersion=$kube_version \
-  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=37"
 
 progress "building etcd $etcd_version"
 (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .)
