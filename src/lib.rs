@@ -3,4 +3,5 @@
 
 pub mod cli;
 pub mod resource;
+pub mod telegram;
 pub mod telemetry;

@@ -28,6 +28,8 @@ pub const DEFAULT_TOKEN_KEY: &str = "token";
 /// registers `{baseUrl}/webhook/{secret}` with Telegram's setWebhook, and the
 /// router forwards Telegram's deliveries to the backend. The bot token is never
 /// part of any URL.
+// clippy reads the repeated `type_ =` of the printcolumn(...) lists as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "managedbot.dev",
@@ -40,13 +42,46 @@ pub const DEFAULT_TOKEN_KEY: &str = "token";
     status = "ManagedBotStatus",
     derive = "PartialEq",
     doc = "A Telegram bot whose webhook managedbot registers, routes and rotates.",
-    printcolumn(name = "Bot", type_ = "string", json_path = ".status.bot.username", description = "The bot's username, from getMe"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.telegram.pendingUpdateCount", description = "Updates Telegram has not delivered yet"),
-    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", priority = "1"),
-    printcolumn(name = "Last Error", type_ = "string", json_path = ".status.telegram.lastErrorMessage", priority = "1", description = "Telegram's last delivery error"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Bot",
+        type_ = "string",
+        json_path = ".status.bot.username",
+        description = "The bot's username, from getMe"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.telegram.pendingUpdateCount",
+        description = "Updates Telegram has not delivered yet"
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Last Error",
+        type_ = "string",
+        json_path = ".status.telegram.lastErrorMessage",
+        priority = "1",
+        description = "Telegram's last delivery error"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedBotSpec {
@@ -79,7 +114,10 @@ pub struct ManagedBotSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TokenSecretRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 
     /// Key of the token in the Secret's data. Defaults to `token`.
@@ -199,7 +237,10 @@ pub struct BackendSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceBackend {
     /// Name of the Service.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Port number of the Service.
@@ -215,7 +256,10 @@ pub struct RotationSpec {
     /// Rotate automatically this long after the last rotation (a Go duration
     /// such as `720h`; at least `1h`). Absent: only on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"),
+        length(max = 64)
+    )]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("must be at least 1h"))]
     pub interval: Option<Duration>,
 
@@ -224,7 +268,10 @@ pub struct RotationSpec {
     /// cuts it off at once, for a leaked secret; at most `24h`, the longest
     /// Telegram keeps an update). Defaults to `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"), length(max = 64))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"),
+        length(max = 64)
+    )]
     #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("must be at most 24h"))]
     pub grace_period: Option<Duration>,
 }

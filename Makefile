@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make test` and `make demo`.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+.PHONY: test lint unit controlplane demo crd
+
+## Everything CI runs: toolchains, the control plane, lint, every test.
+test: lint
+	export MANAGEDBOT_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh)"; \
+	cargo test --workspace --locked
+
+lint:
+	bash scripts/deps.sh
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## Build (once) the pinned etcd, kube-apiserver, kube-controller-manager and kubectl.
+controlplane:
+	bash scripts/deps.sh
+	bash tests/controlplane/build.sh
+
+## Regenerate the committed CRD from the Rust types.
+crd:
+	cargo run --quiet -- crd > crds/managedbot.yaml
+
+## Start a local control plane, install the CRD and the examples; Ctrl-C stops it all.
+demo:
+	bash scripts/deps.sh
+	bash scripts/demo.sh
