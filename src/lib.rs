@@ -2,6 +2,8 @@
 //! bots. One module per part; `main.rs` only dispatches the command line.
 
 pub mod cli;
+pub mod controller;
+pub mod metrics;
 pub mod resource;
 pub mod telegram;
 pub mod telemetry;
