@@ -1,6 +1,16 @@
 //! The command line: one binary, `managedbot`, with a subcommand per part.
 
-use clap::{Parser, Subcommand};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    controller::{self, leader::LeaseOptions, plan::Settings},
+    metrics::{self, Metrics},
+    telegram,
+    telemetry::{self, LogFormat},
+};
 
 /// A Kubernetes operator that owns the webhook wiring of Telegram bots.
 #[derive(Parser, Debug)]
@@ -14,6 +24,67 @@ pub struct Cli {
 pub enum Command {
     /// Print the ManagedBot CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
     Crd,
+    /// Reconcile ManagedBots: secrets, Telegram registration, status, rotation, deletion.
+    Controller(Box<ControllerArgs>),
+}
+
+/// Options of `managedbot controller`.
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Base URL under which the router is reachable from Telegram, for bots
+    /// without spec.webhook.baseUrl (e.g. https://bots.example.com).
+    #[arg(long, env = "MANAGEDBOT_PUBLIC_BASE_URL", value_parser = parse_base_url)]
+    pub public_base_url: Option<String>,
+    /// Telegram's Bot API root.
+    #[arg(long, env = "MANAGEDBOT_TELEGRAM_API_URL", default_value = telegram::DEFAULT_API_BASE)]
+    pub telegram_api_url: url::Url,
+    /// Timeout of every Telegram call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub telegram_timeout: Duration,
+    /// A namespace to watch (repeatable); none watches all namespaces.
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// How often each bot's webhook is checked with getWebhookInfo.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// Reconciles at once (per namespace watched).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+    /// Act only while holding the leader Lease (keep it on: a rolling update runs two pods at once).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "managedbot-controller")]
+    pub leader_election_id: String,
+    /// How long the Lease is held without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long before the Lease expires its holder renews it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+fn parse_base_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme() != "https" {
+        return Err("Telegram delivers only to https:// URLs".into());
+    }
+    if !matches!(url.port_or_known_default(), Some(443 | 80 | 88 | 8443)) {
+        return Err("Telegram delivers webhooks only to ports 443, 80, 88 and 8443".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the base URL must not carry a query or a fragment".into());
+    }
+    Ok(raw.trim_end_matches('/').to_string())
 }
 
 impl Cli {
@@ -24,6 +95,74 @@ impl Cli {
                 print!("{}", crate::resource::crd_yaml());
                 Ok(())
             }
+            Command::Controller(args) => run_controller(*args).await,
+        }
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, "info,kube=warn");
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let telegram = telegram::Client::new(&args.telegram_api_url, args.telegram_timeout)?;
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(metrics::serve(args.metrics_listen, metrics.clone()));
+    let settings = Settings {
+        default_base_url: args.public_base_url.clone(),
+        resync_interval: args.resync_interval,
+    };
+    let options = controller::Options {
+        namespaces: args.namespaces.clone(),
+        concurrency: args.concurrency,
+    };
+    let lost_lease = if args.leader_elect {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname_or("managedbot"), std::process::id()));
+        let lease = LeaseOptions {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_id.clone(),
+            identity,
+            duration: args.lease_duration,
+            renew_before: args.renew_deadline,
+        };
+        // A stand-by replica is healthy and ready: it is waiting by design.
+        metrics.set_ready(true);
+        let acquire = controller::leader::acquire(client.clone(), lease);
+        tokio::select! {
+            lost = acquire => Some(lost?),
+            _ = shutdown_signal() => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let run = controller::run(client, telegram, settings, options, metrics);
+    tokio::select! {
+        () = run => Ok(()),
+        Err(error) = server => Err(error.into()),
+        () = async { match lost_lease { Some(lost) => lost.await, None => std::future::pending().await } } => {
+            anyhow::bail!("lost the leader Lease: stopping so that only the new leader acts")
+        }
+    }
+}
+
+fn hostname_or(default: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| default.into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

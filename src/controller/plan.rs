@@ -137,15 +137,28 @@ pub enum Step {
 
 /// The next step for a bot that is not being deleted.
 pub fn plan(input: &Input) -> Step {
-    let Input { bot, token, secret, facts, now, .. } = *input;
+    let Input {
+        bot,
+        token,
+        secret,
+        facts,
+        now,
+        ..
+    } = *input;
     if facts.failure.is_some() {
         return Step::Finish;
     }
-    let TokenState::Present(token) = token else { return Step::Finish };
+    let TokenState::Present(token) = token else {
+        return Step::Finish;
+    };
     let current_status = bot.status.clone().unwrap_or_default();
     if bot.spec.suspend {
         let registered = current_status.webhook_url.is_some() || current_status.routing.is_some();
-        return if registered && !facts.unregistered { Step::Unregister } else { Step::Finish };
+        return if registered && !facts.unregistered {
+            Step::Unregister
+        } else {
+            Step::Finish
+        };
     }
     let secret = match secret {
         SecretState::Present(secret) => Some(secret),
@@ -158,12 +171,20 @@ pub fn plan(input: &Input) -> Step {
     if facts.conflict_with.is_some() {
         return Step::Finish;
     }
-    let Some(secret) = secret else { return Step::CreateSecret };
-    let Some(url) = webhook_url(input, secret) else { return Step::Finish };
+    let Some(secret) = secret else {
+        return Step::CreateSecret;
+    };
+    let Some(url) = webhook_url(input, secret) else {
+        return Step::Finish;
+    };
     if let Some(cause) = rotation_due(input, secret) {
         return Step::Rotate(cause);
     }
-    if secret.previous.as_ref().is_some_and(|p| p.expires_at <= now) {
+    if secret
+        .previous
+        .as_ref()
+        .is_some_and(|p| p.expires_at <= now)
+    {
         return Step::ExpirePrevious;
     }
     if current_status.routing.as_ref() != Some(&secret.routing(now)) {
@@ -181,9 +202,12 @@ pub fn plan(input: &Input) -> Step {
 /// getMe is needed when the bot's identity is unknown or the token changed.
 fn needs_token_check(input: &Input, token: &BotToken, secret: Option<&WebhookSecret>) -> bool {
     let status = input.bot.status.as_ref();
-    let identity_known = status.and_then(|s| s.bot.as_ref()).is_some_and(|b| b.id == token.bot_id());
+    let identity_known = status
+        .and_then(|s| s.bot.as_ref())
+        .is_some_and(|b| b.id == token.bot_id());
     let token_trusted = status::condition_is_true(status, status::TOKEN_VALID);
-    let same_token = secret.is_none_or(|s| s.token_sha256.as_deref() == Some(token.sha256_hex().as_str()));
+    let same_token =
+        secret.is_none_or(|s| s.token_sha256.as_deref() == Some(token.sha256_hex().as_str()));
     !(identity_known && token_trusted && same_token)
 }
 
@@ -191,10 +215,16 @@ fn needs_registration(input: &Input, token: &BotToken, secret: &WebhookSecret, u
     let status = input.bot.status.as_ref();
     let registered_for_this_spec = status
         .and_then(|s| status::condition(s, status::WEBHOOK_REGISTERED))
-        .is_some_and(|c| c.status == "True" && c.observed_generation == input.bot.metadata.generation);
+        .is_some_and(|c| {
+            c.status == "True" && c.observed_generation == input.bot.metadata.generation
+        });
     let url_registered = status.and_then(|s| s.webhook_url.as_deref()) == Some(url);
     let token_registered = secret.token_sha256.as_deref() == Some(token.sha256_hex().as_str());
-    let drifted = input.facts.info.as_ref().is_some_and(|info| info.url != url);
+    let drifted = input
+        .facts
+        .info
+        .as_ref()
+        .is_some_and(|info| info.url != url);
     !(registered_for_this_spec && url_registered && token_registered) || drifted
 }
 
@@ -207,13 +237,19 @@ fn rotation_due(input: &Input, secret: &WebhookSecret) -> Option<RotationCause> 
     }
     let interval = input.bot.spec.rotation.as_ref()?.interval.as_ref()?;
     let generated = secret.generated_at?;
-    let due = generated.checked_add(SignedDuration::try_from(std::time::Duration::from(*interval)).ok()?).ok()?;
+    let due = generated
+        .checked_add(SignedDuration::try_from(std::time::Duration::from(*interval)).ok()?)
+        .ok()?;
     (input.now >= due).then_some(RotationCause::Interval)
 }
 
 /// The value of the rotate annotation, if set.
 pub fn rotate_annotation(bot: &ManagedBot) -> Option<&str> {
-    bot.metadata.annotations.as_ref()?.get(ROTATE_ANNOTATION).map(String::as_str)
+    bot.metadata
+        .annotations
+        .as_ref()?
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// The base URL a bot's webhook lives under, without a trailing slash.
@@ -228,12 +264,26 @@ pub fn base_url<'a>(bot: &'a ManagedBot, settings: &'a Settings) -> Option<&'a s
 
 /// `{baseUrl}/webhook/{path secret}` for the current pair.
 pub fn webhook_url(input: &Input, secret: &WebhookSecret) -> Option<String> {
-    base_url(input.bot, input.settings).map(|base| format!("{base}/webhook/{}", secret.current.path_secret))
+    url_for(input.bot, input.settings, secret)
+}
+
+/// `{baseUrl}/webhook/{path secret}` for a bot's current pair.
+pub fn url_for(bot: &ManagedBot, settings: &Settings, secret: &WebhookSecret) -> Option<String> {
+    base_url(bot, settings).map(|base| format!("{base}/webhook/{}", secret.current.path_secret))
 }
 
 /// The URLs of a bot's pairs that are ours at Telegram: current and previous.
-pub fn our_urls(bot: &ManagedBot, secret: Option<&WebhookSecret>, settings: &Settings) -> Vec<String> {
-    let mut urls: Vec<String> = bot.status.as_ref().and_then(|s| s.webhook_url.clone()).into_iter().collect();
+pub fn our_urls(
+    bot: &ManagedBot,
+    secret: Option<&WebhookSecret>,
+    settings: &Settings,
+) -> Vec<String> {
+    let mut urls: Vec<String> = bot
+        .status
+        .as_ref()
+        .and_then(|s| s.webhook_url.clone())
+        .into_iter()
+        .collect();
     if let (Some(base), Some(secret)) = (base_url(bot, settings), secret) {
         urls.push(format!("{base}/webhook/{}", secret.current.path_secret));
         if let Some(previous) = &secret.previous {
@@ -263,14 +313,16 @@ pub fn requeue_after(input: &Input, next_drift_check: Duration) -> Duration {
         _ => input.settings.resync_interval,
     };
     if let SecretState::Present(secret) = input.secret {
-        let until = |at: Timestamp| Duration::try_from(at.duration_since(input.now)).unwrap_or_default();
+        let until =
+            |at: Timestamp| Duration::try_from(at.duration_since(input.now)).unwrap_or_default();
         if let Some(previous) = &secret.previous {
             wait = wait.min(until(previous.expires_at));
         }
         if let (Some(interval), Some(generated)) = (
             input.bot.spec.rotation.as_ref().and_then(|r| r.interval),
             secret.generated_at,
-        ) && let Ok(due) = generated.checked_add(SignedDuration::try_from(Duration::from(interval)).unwrap_or_default())
+        ) && let Ok(due) = generated
+            .checked_add(SignedDuration::try_from(Duration::from(interval)).unwrap_or_default())
         {
             wait = wait.min(until(due));
         }

@@ -95,7 +95,9 @@ pub fn condition<'a>(status: &'a ManagedBotStatus, type_: &str) -> Option<&'a Co
 
 /// Whether a condition is present and True.
 pub fn condition_is_true(status: Option<&ManagedBotStatus>, type_: &str) -> bool {
-    status.and_then(|s| condition(s, type_)).is_some_and(|c| c.status == "True")
+    status
+        .and_then(|s| condition(s, type_))
+        .is_some_and(|c| c.status == "True")
 }
 
 struct Verdict {
@@ -105,11 +107,19 @@ struct Verdict {
 }
 
 fn verdict(ok: bool, reason: Reason, message: impl Into<String>) -> Verdict {
-    Verdict { status: if ok { "True" } else { "False" }, reason, message: message.into() }
+    Verdict {
+        status: if ok { "True" } else { "False" },
+        reason,
+        message: message.into(),
+    }
 }
 
 fn unknown(reason: Reason, message: impl Into<String>) -> Verdict {
-    Verdict { status: "Unknown", reason, message: message.into() }
+    Verdict {
+        status: "Unknown",
+        reason,
+        message: message.into(),
+    }
 }
 
 fn token_verdict(input: &Input) -> Verdict {
@@ -118,12 +128,20 @@ fn token_verdict(input: &Input) -> Verdict {
         TokenState::SecretNotFound => verdict(
             false,
             Reason::TokenSecretNotFound,
-            format!("Secret {} not found; create it with the bot token under key {}", secret.name, secret.key()),
+            format!(
+                "Secret {} not found; create it with the bot token under key {}",
+                secret.name,
+                secret.key()
+            ),
         ),
         TokenState::KeyNotFound => verdict(
             false,
             Reason::TokenKeyNotFound,
-            format!("Secret {} has no key {}; set spec.tokenSecretRef.key or add the key", secret.name, secret.key()),
+            format!(
+                "Secret {} has no key {}; set spec.tokenSecretRef.key or add the key",
+                secret.name,
+                secret.key()
+            ),
         ),
         TokenState::Malformed(error) => verdict(
             false,
@@ -134,13 +152,22 @@ fn token_verdict(input: &Input) -> Verdict {
             Some((Call::GetMe, error @ telegram::Error::Unauthorized { .. })) => verdict(
                 false,
                 Reason::TokenInvalid,
-                format!("Telegram refused the token in Secret {} (revoked or wrong): {error}", secret.name),
+                format!(
+                    "Telegram refused the token in Secret {} (revoked or wrong): {error}",
+                    secret.name
+                ),
             ),
-            Some((_, telegram::Error::Unauthorized { .. })) => {
-                verdict(false, Reason::TokenInvalid, format!("Telegram refused the token in Secret {}", secret.name))
+            Some((_, telegram::Error::Unauthorized { .. })) => verdict(
+                false,
+                Reason::TokenInvalid,
+                format!("Telegram refused the token in Secret {}", secret.name),
+            ),
+            Some((Call::GetMe, error)) => {
+                unknown(telegram_reason(error), format!("getMe failed: {error}"))
             }
-            Some((Call::GetMe, error)) => unknown(telegram_reason(error), format!("getMe failed: {error}")),
-            _ if input.facts.me.is_some() || condition_is_true(input.bot.status.as_ref(), TOKEN_VALID) => {
+            _ if input.facts.me.is_some()
+                || condition_is_true(input.bot.status.as_ref(), TOKEN_VALID) =>
+            {
                 verdict(true, Reason::Registered, "Telegram accepted the token")
             }
             _ => unknown(Reason::Pending, "the token has not been checked yet"),
@@ -150,10 +177,19 @@ fn token_verdict(input: &Input) -> Verdict {
 
 fn webhook_verdict(input: &Input) -> Verdict {
     if !matches!(input.token, TokenState::Present(_)) {
-        return carried_over(input, WEBHOOK_REGISTERED, Reason::Unknown, "waiting for a usable token");
+        return carried_over(
+            input,
+            WEBHOOK_REGISTERED,
+            Reason::Unknown,
+            "waiting for a usable token",
+        );
     }
     if input.bot.spec.suspend {
-        return verdict(false, Reason::Suspended, "spec.suspend is true: the webhook is unregistered, the secret kept");
+        return verdict(
+            false,
+            Reason::Suspended,
+            "spec.suspend is true: the webhook is unregistered, the secret kept",
+        );
     }
     if let Some(owner) = &input.facts.conflict_with {
         return verdict(
@@ -167,7 +203,10 @@ fn webhook_verdict(input: &Input) -> Verdict {
             return verdict(
                 false,
                 Reason::WebhookSecretInvalid,
-                format!("{error}; delete Secret {} to have a new pair generated", secret_name(name(input))),
+                format!(
+                    "{error}; delete Secret {} to have a new pair generated",
+                    secret_name(name(input))
+                ),
             );
         }
         SecretState::Missing => return unknown(Reason::Pending, "generating the webhook secret"),
@@ -181,12 +220,28 @@ fn webhook_verdict(input: &Input) -> Verdict {
         );
     }
     match &input.facts.failure {
-        Some((Call::SetWebhook, error)) => verdict(false, telegram_reason(error), format!("setWebhook failed: {error}")),
-        Some((Call::GetWebhookInfo, error)) => {
-            carried_over(input, WEBHOOK_REGISTERED, telegram_reason(error), format!("getWebhookInfo failed: {error}"))
-        }
-        Some((_, error)) => carried_over(input, WEBHOOK_REGISTERED, telegram_reason(error), error.to_string()),
-        None => verdict(true, Reason::Registered, "Telegram delivers to the current webhook URL"),
+        Some((Call::SetWebhook, error)) => verdict(
+            false,
+            telegram_reason(error),
+            format!("setWebhook failed: {error}"),
+        ),
+        Some((Call::GetWebhookInfo, error)) => carried_over(
+            input,
+            WEBHOOK_REGISTERED,
+            telegram_reason(error),
+            format!("getWebhookInfo failed: {error}"),
+        ),
+        Some((_, error)) => carried_over(
+            input,
+            WEBHOOK_REGISTERED,
+            telegram_reason(error),
+            error.to_string(),
+        ),
+        None => verdict(
+            true,
+            Reason::Registered,
+            "Telegram delivers to the current webhook URL",
+        ),
     }
 }
 
@@ -194,9 +249,11 @@ fn webhook_verdict(input: &Input) -> Verdict {
 /// tell (e.g. the drift check failed: the webhook is probably still set).
 fn carried_over(input: &Input, type_: &str, reason: Reason, message: impl Into<String>) -> Verdict {
     match input.bot.status.as_ref().and_then(|s| condition(s, type_)) {
-        Some(previous) if previous.status == "True" => {
-            Verdict { status: "True", reason: Reason::Registered, message: previous.message.clone() }
-        }
+        Some(previous) if previous.status == "True" => Verdict {
+            status: "True",
+            reason: Reason::Registered,
+            message: previous.message.clone(),
+        },
         _ => unknown(reason, message),
     }
 }
@@ -212,16 +269,38 @@ pub fn ready_reason(input: &Input) -> Reason {
 
 fn ready_verdict(token: &Verdict, webhook: &Verdict) -> Verdict {
     if token.status != "True" {
-        return Verdict { status: "False", reason: token.reason, message: token.message.clone() };
+        return Verdict {
+            status: "False",
+            reason: token.reason,
+            message: token.message.clone(),
+        };
     }
     if webhook.status != "True" {
-        let status = if webhook.reason == Reason::Pending { "Unknown" } else { "False" };
-        return Verdict { status, reason: webhook.reason, message: webhook.message.clone() };
+        let status = if webhook.reason == Reason::Pending {
+            "Unknown"
+        } else {
+            "False"
+        };
+        return Verdict {
+            status,
+            reason: webhook.reason,
+            message: webhook.message.clone(),
+        };
     }
-    Verdict { status: "True", reason: Reason::Registered, message: webhook.message.clone() }
+    Verdict {
+        status: "True",
+        reason: Reason::Registered,
+        message: webhook.message.clone(),
+    }
 }
 
-fn to_condition(type_: &str, v: Verdict, previous: &ManagedBotStatus, generation: Option<i64>, now: Timestamp) -> Condition {
+fn to_condition(
+    type_: &str,
+    v: Verdict,
+    previous: &ManagedBotStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let last_transition_time = match condition(previous, type_) {
         Some(old) if old.status == v.status => old.last_transition_time.clone(),
         _ => Time(now),
@@ -244,7 +323,8 @@ pub fn desired(input: &Input) -> ManagedBotStatus {
     let webhook = webhook_verdict(input);
     let ready = ready_verdict(&token, &webhook);
     let registered = webhook.status == "True" && input.facts.failure.is_none();
-    let suspended_or_conflict = matches!(webhook.reason, Reason::Suspended | Reason::WebhookConflict);
+    let suspended_or_conflict =
+        matches!(webhook.reason, Reason::Suspended | Reason::WebhookConflict);
 
     let mut status = ManagedBotStatus {
         observed_generation: generation,
@@ -257,10 +337,15 @@ pub fn desired(input: &Input) -> ManagedBotStatus {
         routing: previous.routing.clone(),
     };
     if let Some(me) = &input.facts.me {
-        status.bot = Some(BotIdentity { id: me.id, username: me.username.clone() });
+        status.bot = Some(BotIdentity {
+            id: me.id,
+            username: me.username.clone(),
+        });
     }
     if let SecretState::Present(secret) = input.secret {
-        status.webhook_secret_ref = Some(LocalSecretRef { name: secret_name(name(input)) });
+        status.webhook_secret_ref = Some(LocalSecretRef {
+            name: secret_name(name(input)),
+        });
         if registered {
             status.webhook_url = plan::webhook_url(input, secret);
             status.routing = Some(secret.routing(input.now));
@@ -277,7 +362,13 @@ pub fn desired(input: &Input) -> ManagedBotStatus {
     status.conditions = vec![
         to_condition(READY, ready, &previous, generation, input.now),
         to_condition(TOKEN_VALID, token, &previous, generation, input.now),
-        to_condition(WEBHOOK_REGISTERED, webhook, &previous, generation, input.now),
+        to_condition(
+            WEBHOOK_REGISTERED,
+            webhook,
+            &previous,
+            generation,
+            input.now,
+        ),
     ];
     status
 }
@@ -297,15 +388,32 @@ fn rotation_status(input: &Input, secret: &WebhookSecret) -> RotationStatus {
 /// Telegram's delivery state, written only when it changed: a converged bot
 /// must cost no write per drift check, so `lastSyncTime` is when Telegram's
 /// answer last changed.
-fn telegram_status(info: &telegram::WebhookInfo, previous: Option<&TelegramStatus>, now: Timestamp) -> Option<TelegramStatus> {
+fn telegram_status(
+    info: &telegram::WebhookInfo,
+    previous: Option<&TelegramStatus>,
+    now: Timestamp,
+) -> Option<TelegramStatus> {
     let observed = TelegramStatus {
         pending_update_count: info.pending_update_count,
-        last_error_date: info.last_error_date.and_then(|s| Timestamp::from_second(s).ok()).map(Time),
+        last_error_date: info
+            .last_error_date
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(Time),
         last_error_message: info.last_error_message.clone(),
         last_sync_time: None,
     };
     match previous {
-        Some(previous) if TelegramStatus { last_sync_time: None, ..previous.clone() } == observed => Some(previous.clone()),
-        _ => Some(TelegramStatus { last_sync_time: Some(Time(now)), ..observed }),
+        Some(previous)
+            if TelegramStatus {
+                last_sync_time: None,
+                ..previous.clone()
+            } == observed =>
+        {
+            Some(previous.clone())
+        }
+        _ => Some(TelegramStatus {
+            last_sync_time: Some(Time(now)),
+            ..observed
+        }),
     }
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp,
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
 };
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -66,12 +67,18 @@ impl Pair {
     /// padding: 43 characters of `A-Za-z0-9_-`, valid in a URL path and as
     /// Telegram's `secret_token`.
     pub fn generate() -> Result<Self, rand::rngs::SysError> {
-        Ok(Self { path_secret: random_secret()?, secret_token: random_secret()? })
+        Ok(Self {
+            path_secret: random_secret()?,
+            secret_token: random_secret()?,
+        })
     }
 
     /// The hashes the router routes by.
     pub fn hashes(&self) -> RouteHashes {
-        RouteHashes { path_sha256: sha256_hex(&self.path_secret), token_sha256: sha256_hex(&self.secret_token) }
+        RouteHashes {
+            path_sha256: sha256_hex(&self.path_secret),
+            token_sha256: sha256_hex(&self.secret_token),
+        }
     }
 }
 
@@ -85,10 +92,12 @@ fn random_secret() -> Result<String, rand::rngs::SysError> {
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(text: &str) -> String {
     use std::fmt::Write;
-    Sha256::digest(text.as_bytes()).iter().fold(String::with_capacity(64), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// The previous pair during its grace period.
@@ -128,7 +137,11 @@ pub enum InvalidSecret {
 
 impl WebhookSecret {
     /// A fresh pair for a bot.
-    pub fn generate(rotation_observed: Option<String>, now: Timestamp, token_sha256: String) -> Result<Self, rand::rngs::SysError> {
+    pub fn generate(
+        rotation_observed: Option<String>,
+        now: Timestamp,
+        token_sha256: String,
+    ) -> Result<Self, rand::rngs::SysError> {
         Ok(Self {
             current: Pair::generate()?,
             previous: None,
@@ -153,18 +166,37 @@ impl WebhookSecret {
                 .transpose()
         };
         let require = |key: &'static str| get(key)?.ok_or(InvalidSecret::MissingKey(key));
-        let current = Pair { path_secret: require(keys::WEBHOOK_SECRET)?, secret_token: require(keys::SECRET_TOKEN)? };
-        let previous = match (get(keys::PREVIOUS_WEBHOOK_SECRET)?, get(keys::PREVIOUS_SECRET_TOKEN)?) {
+        let current = Pair {
+            path_secret: require(keys::WEBHOOK_SECRET)?,
+            secret_token: require(keys::SECRET_TOKEN)?,
+        };
+        let previous = match (
+            get(keys::PREVIOUS_WEBHOOK_SECRET)?,
+            get(keys::PREVIOUS_SECRET_TOKEN)?,
+        ) {
             (Some(path_secret), Some(secret_token)) => {
                 let expires_at = data
                     .get(keys::PREVIOUS_EXPIRES_AT)
                     .and_then(|v| std::str::from_utf8(&v.0).ok()?.parse::<Timestamp>().ok())
                     .ok_or(InvalidSecret::BadValue(keys::PREVIOUS_EXPIRES_AT))?;
-                Some(Previous { pair: Pair { path_secret, secret_token }, expires_at })
+                Some(Previous {
+                    pair: Pair {
+                        path_secret,
+                        secret_token,
+                    },
+                    expires_at,
+                })
             }
             _ => None,
         };
-        let annotation = |key: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+        let annotation = |key: &str| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .cloned()
+        };
         Ok(Self {
             current,
             previous,
@@ -206,7 +238,10 @@ impl WebhookSecret {
                 name: Some(secret_name(&name)),
                 namespace: bot.metadata.namespace.clone(),
                 labels: Some(BTreeMap::from([
-                    ("app.kubernetes.io/managed-by".to_string(), "managedbot".to_string()),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "managedbot".to_string(),
+                    ),
                     ("managedbot.dev/bot".to_string(), name),
                 ])),
                 annotations: Some(annotations),
@@ -223,17 +258,31 @@ impl WebhookSecret {
     pub fn routing(&self, now: Timestamp) -> Routing {
         Routing {
             current: self.current.hashes(),
-            previous: self.previous.as_ref().filter(|p| p.expires_at > now).map(|p| {
-                let RouteHashes { path_sha256, token_sha256 } = p.pair.hashes();
-                PreviousRouteHashes { path_sha256, token_sha256, expires_at: p.expires_at.into() }
-            }),
+            previous: self
+                .previous
+                .as_ref()
+                .filter(|p| p.expires_at > now)
+                .map(|p| {
+                    let RouteHashes {
+                        path_sha256,
+                        token_sha256,
+                    } = p.pair.hashes();
+                    PreviousRouteHashes {
+                        path_sha256,
+                        token_sha256,
+                        expires_at: p.expires_at.into(),
+                    }
+                }),
         }
     }
 }
 
 /// Telegram's rule for a secret_token, which our path secrets follow too.
 fn is_valid_secret(value: &str) -> bool {
-    (1..=256).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=256).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// RFC 3339 at whole seconds, as Kubernetes writes times.
@@ -272,11 +321,17 @@ mod tests {
     fn a_secret_round_trips_through_the_kubernetes_object() {
         let now: Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
         let mut ws = WebhookSecret::generate(Some("r1".into()), now, "abc".into()).unwrap();
-        ws.previous = Some(Previous { pair: Pair::generate().unwrap(), expires_at: now });
+        ws.previous = Some(Previous {
+            pair: Pair::generate().unwrap(),
+            expires_at: now,
+        });
         let secret = ws.to_secret(&bot(), Some("https://x/webhook/y"));
         assert_eq!(secret.metadata.name.as_deref(), Some("b-webhook"));
         let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("ManagedBot", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ManagedBot", Some(true))
+        );
         assert_eq!(WebhookSecret::from_secret(&secret).unwrap(), ws);
         let data = secret.data.unwrap();
         assert_eq!(data[keys::WEBHOOK_URL].0, b"https://x/webhook/y");
@@ -286,30 +341,52 @@ mod tests {
     #[test]
     fn a_hand_edited_secret_is_refused_not_regenerated() {
         let now = Timestamp::UNIX_EPOCH;
-        let mut secret = WebhookSecret::generate(None, now, "h".into()).unwrap().to_secret(&bot(), None);
+        let mut secret = WebhookSecret::generate(None, now, "h".into())
+            .unwrap()
+            .to_secret(&bot(), None);
         let data = secret.data.as_mut().unwrap();
-        data.insert(keys::SECRET_TOKEN.into(), ByteString(b"has spaces".to_vec()));
-        assert_eq!(WebhookSecret::from_secret(&secret), Err(InvalidSecret::BadValue(keys::SECRET_TOKEN)));
+        data.insert(
+            keys::SECRET_TOKEN.into(),
+            ByteString(b"has spaces".to_vec()),
+        );
+        assert_eq!(
+            WebhookSecret::from_secret(&secret),
+            Err(InvalidSecret::BadValue(keys::SECRET_TOKEN))
+        );
         secret.data.as_mut().unwrap().remove(keys::WEBHOOK_SECRET);
-        assert_eq!(WebhookSecret::from_secret(&secret), Err(InvalidSecret::MissingKey(keys::WEBHOOK_SECRET)));
+        assert_eq!(
+            WebhookSecret::from_secret(&secret),
+            Err(InvalidSecret::MissingKey(keys::WEBHOOK_SECRET))
+        );
     }
 
     #[test]
     fn expired_previous_pairs_are_not_routed() {
         let now: Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
         let mut ws = WebhookSecret::generate(None, now, "h".into()).unwrap();
-        ws.previous = Some(Previous { pair: Pair::generate().unwrap(), expires_at: now });
+        ws.previous = Some(Previous {
+            pair: Pair::generate().unwrap(),
+            expires_at: now,
+        });
         assert!(ws.routing(now).previous.is_none());
-        let earlier = now.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();
+        let earlier = now
+            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
+            .unwrap();
         assert!(ws.routing(earlier).previous.is_some());
         assert_eq!(ws.routing(now).current, ws.current.hashes());
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn debug_never_shows_a_secret() {
         let pair = Pair::generate().unwrap();
-        let shown = format!("{:?}", WebhookSecret::generate(None, Timestamp::UNIX_EPOCH, "h".into()).unwrap());
+        let shown = format!(
+            "{:?}",
+            WebhookSecret::generate(None, Timestamp::UNIX_EPOCH, "h".into()).unwrap()
+        );
         assert!(!shown.contains(&pair.path_secret));
         assert!(format!("{pair:?}").contains("redacted"));
     }

@@ -62,3 +62,210 @@ fn install_crd(kubectl: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
         .clone()
         .map_err(anyhow::Error::msg)
 }
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use managedbot::resource::ManagedBot;
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout`
+/// with `what` and the last state seen.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `managedbot` process under test; killed when dropped. Its output goes
+/// to a log file that the token checks read.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Starts `managedbot controller` for the test's namespace against `telegram`.
+pub fn spawn_controller(
+    env: &TestEnv,
+    telegram_url: &str,
+    extra: &[&str],
+) -> anyhow::Result<Process> {
+    let dir = env.shared.dir.join("logs");
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join(format!(
+        "controller-{}-{}.log",
+        env.namespace,
+        rand_suffix()
+    ));
+    let file = std::fs::File::create(&log)?;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_managedbot"))
+        .arg("controller")
+        .arg(format!("--namespace={}", env.namespace))
+        .arg(format!("--telegram-api-url={telegram_url}"))
+        .arg("--public-base-url=https://bots.example.com")
+        .arg("--metrics-listen=127.0.0.1:0")
+        .arg("--telegram-timeout=3s")
+        .args(extra)
+        .env("KUBECONFIG", &env.shared.kubeconfig)
+        .env("RUST_LOG", "info,managedbot=debug")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(Process { child, log })
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// A token Secret and a bot that forwards to a Service, applied with kubectl
+/// as a user would.
+pub async fn apply_bot(
+    env: &TestEnv,
+    name: &str,
+    token: &str,
+    spec_extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut spec = serde_json::json!({
+        "tokenSecretRef": {"name": format!("{name}-token")},
+        "backend": {"service": {"name": name, "port": 8080}},
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), spec_extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    let manifests = serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-token")}, "stringData": {"token": token}},
+            {"apiVersion": "managedbot.dev/v1alpha1", "kind": "ManagedBot", "metadata": {"name": name}, "spec": spec},
+        ]
+    });
+    env.kubectl_run(&["apply", "-f", "-"], Some(&manifests.to_string()))
+        .await?
+        .ok()?;
+    Ok(())
+}
+
+/// The bot once its Ready condition is True.
+pub async fn ready_bot(env: &TestEnv, name: &str, timeout: Duration) -> anyhow::Result<ManagedBot> {
+    let bots: Api<ManagedBot> = Api::namespaced(env.client.clone(), &env.namespace);
+    eventually(timeout, &format!("{name} Ready"), || async {
+        let bot = bots.get(name).await?;
+        Ok(ready_reason(&bot)
+            .filter(|(status, _)| status == "True")
+            .map(|_| bot))
+    })
+    .await
+}
+
+/// The bot once its Ready condition has `reason`.
+pub async fn bot_with_reason(
+    env: &TestEnv,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> anyhow::Result<ManagedBot> {
+    let bots: Api<ManagedBot> = Api::namespaced(env.client.clone(), &env.namespace);
+    eventually(
+        timeout,
+        &format!("{name} with Ready reason {reason}"),
+        || async {
+            let bot = bots.get(name).await?;
+            Ok(ready_reason(&bot).filter(|(_, r)| r == reason).map(|_| bot))
+        },
+    )
+    .await
+}
+
+/// (status, reason) of the Ready condition.
+pub fn ready_reason(bot: &ManagedBot) -> Option<(String, String)> {
+    bot.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// A data key of a Secret, as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+/// The reasons of the Events about an object.
+pub async fn event_reasons(env: &TestEnv, name: &str) -> anyhow::Result<Vec<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let list = events.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+/// Everything the test can see that a token must never be in: the process
+/// logs, Events, and the bots' status.
+pub async fn assert_no_token_leaked(
+    env: &TestEnv,
+    tokens: &[&str],
+    processes: &[&Process],
+) -> anyhow::Result<()> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let bots: Api<ManagedBot> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mut seen = serde_json::to_string(&events.list(&Default::default()).await?.items)?;
+    seen.push_str(&serde_json::to_string(
+        &bots.list(&Default::default()).await?.items,
+    )?);
+    for process in processes {
+        seen.push_str(&process.output());
+    }
+    assert!(!seen.is_empty());
+    for token in tokens {
+        let secret_part = token.split_once(':').map_or(*token, |(_, s)| s);
+        assert!(
+            !seen.contains(secret_part),
+            "a bot token appears in logs, Events or status"
+        );
+    }
+    Ok(())
+}
