@@ -14,7 +14,7 @@ use crate::{
 
 /// A Kubernetes operator that owns the webhook wiring of Telegram bots.
 #[derive(Parser, Debug)]
-#[command(name = "managedbot", version, about)]
+#[command(name = "managedbot", version, about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

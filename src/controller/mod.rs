@@ -298,7 +298,14 @@ async fn read_webhook_secret(
 /// One reconcile of a bot that is not being deleted: plan, act, repeat.
 async fn apply(bot: Arc<ManagedBot>, ctx: &Context) -> Result<Action> {
     let key = ObjectRef::from_obj(&*bot);
-    let mut bot = (*bot).clone();
+    // The watch cache can lag behind this controller's own last writes (an
+    // event for the owned Secret may arrive before the one for the status);
+    // deciding from a stale status would register twice. Reads are cheap.
+    let api: Api<ManagedBot> =
+        Api::namespaced(ctx.client.clone(), &bot.namespace().unwrap_or_default());
+    let Some(mut bot) = api.get_opt(&bot.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let token = read_token(&bot, ctx).await?;
     if let TokenState::Present(token) = &token
         && let Some(wait) = ctx.telegram_wait(token.bot_id())
