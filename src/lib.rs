@@ -5,5 +5,6 @@ pub mod cli;
 pub mod controller;
 pub mod metrics;
 pub mod resource;
+pub mod router;
 pub mod telegram;
 pub mod telemetry;
