@@ -309,12 +309,15 @@ async fn deletion_unregisters_and_the_secret_is_collected() -> anyhow::Result<()
 }
 
 #[tokio::test]
-async fn a_lost_status_is_rebuilt_from_the_secret_and_a_lost_secret_is_regenerated() -> anyhow::Result<()> {
+async fn a_lost_status_is_rebuilt_from_the_secret_and_a_lost_secret_is_regenerated()
+-> anyhow::Result<()> {
     let env = env_with_crd("ctl-lost").await?;
     let telegram = FakeTelegram::start().await?;
     telegram.set_rate_limit(false);
     let token = telegram.add_bot(7006, "lost_bot");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let listen = format!("--metrics-listen=127.0.0.1:{metrics_port}");
     let controller = spawn_controller(&env, &telegram.url(), &["--leader-elect=false", &listen])?;
     apply_bot(&env, "lost", &token, serde_json::json!({})).await?;
@@ -324,25 +327,54 @@ async fn a_lost_status_is_rebuilt_from_the_secret_and_a_lost_secret_is_regenerat
 
     // The status is wiped: it comes back with the Secret's pair, not a new one.
     let bots: Api<ManagedBot> = Api::namespaced(env.client.clone(), &env.namespace);
-    bots.patch_status("lost", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"status": null})))
-        .await?;
+    bots.patch_status(
+        "lost",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": null})),
+    )
+    .await?;
     let rebuilt = ready_bot(&env, "lost", Duration::from_secs(30)).await?;
-    assert_eq!(rebuilt.status.unwrap().webhook_url, Some(format!("{BASE}/webhook/{path}")));
-    assert_eq!(secret_value(&secrets.get("lost-webhook").await?, "webhook-secret").as_deref(), Some(path.as_str()));
+    assert_eq!(
+        rebuilt.status.unwrap().webhook_url,
+        Some(format!("{BASE}/webhook/{path}"))
+    );
+    assert_eq!(
+        secret_value(&secrets.get("lost-webhook").await?, "webhook-secret").as_deref(),
+        Some(path.as_str())
+    );
 
     // The Secret is deleted: a new pair, registered, with an Event.
     secrets.delete("lost-webhook", &Default::default()).await?;
     let renewed = eventually(Duration::from_secs(30), "a new pair registered", || async {
-        let Some(secret) = secrets.get_opt("lost-webhook").await? else { return Ok(None) };
+        let Some(secret) = secrets.get_opt("lost-webhook").await? else {
+            return Ok(None);
+        };
         let new_path = secret_value(&secret, "webhook-secret").unwrap_or_default();
         let url = format!("{BASE}/webhook/{new_path}");
-        Ok((new_path != path && telegram.webhook(7006).is_some_and(|w| w.url == url)).then_some(url))
+        Ok(
+            (new_path != path && telegram.webhook(7006).is_some_and(|w| w.url == url))
+                .then_some(url),
+        )
     })
     .await?;
-    assert_eq!(ready_bot(&env, "lost", Duration::from_secs(30)).await?.status.unwrap().webhook_url, Some(renewed));
-    assert!(event_reasons(&env, "lost").await?.contains(&"WebhookSecretRecreated".to_string()));
+    assert_eq!(
+        ready_bot(&env, "lost", Duration::from_secs(30))
+            .await?
+            .status
+            .unwrap()
+            .webhook_url,
+        Some(renewed)
+    );
+    assert!(
+        event_reasons(&env, "lost")
+            .await?
+            .contains(&"WebhookSecretRecreated".to_string())
+    );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await?.text().await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await?
+        .text()
+        .await?;
     for family in [
         "managedbot_reconciles_total{result=\"ok\"}",
         "managedbot_reconcile_duration_seconds_bucket",
@@ -351,8 +383,18 @@ async fn a_lost_status_is_rebuilt_from_the_secret_and_a_lost_secret_is_regenerat
     ] {
         assert!(metrics.contains(family), "missing {family} in\n{metrics}");
     }
-    assert_eq!(reqwest::get(format!("http://127.0.0.1:{metrics_port}/healthz")).await?.status(), 200);
-    assert_eq!(reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz")).await?.status(), 200);
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/healthz"))
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/readyz"))
+            .await?
+            .status(),
+        200
+    );
     assert_no_token_leaked(&env, &[&token], &[&controller]).await?;
     Ok(())
 }
