@@ -312,7 +312,11 @@ pub fn requeue_after(input: &Input, next_drift_check: Duration) -> Duration {
         Reason::Registered => next_drift_check,
         _ => input.settings.resync_interval,
     };
-    if let SecretState::Present(secret) = input.secret {
+    // Expiry and interval rotation are acted on only for a registered bot; a
+    // deadline the plan would not act on must not pull the next reconcile in.
+    if reason == Reason::Registered
+        && let SecretState::Present(secret) = input.secret
+    {
         let until =
             |at: Timestamp| Duration::try_from(at.duration_since(input.now)).unwrap_or_default();
         if let Some(previous) = &secret.previous {
@@ -329,3 +333,7 @@ pub fn requeue_after(input: &Input, next_drift_check: Duration) -> Duration {
     }
     wait.max(Duration::from_secs(1))
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

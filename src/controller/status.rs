@@ -104,6 +104,9 @@ struct Verdict {
     status: &'static str,
     reason: Reason,
     message: String,
+    /// A verdict carried over from an earlier reconcile still describes the
+    /// spec it was made for: its observedGeneration must not move on.
+    carried: bool,
 }
 
 fn verdict(ok: bool, reason: Reason, message: impl Into<String>) -> Verdict {
@@ -111,6 +114,7 @@ fn verdict(ok: bool, reason: Reason, message: impl Into<String>) -> Verdict {
         status: if ok { "True" } else { "False" },
         reason,
         message: message.into(),
+        carried: false,
     }
 }
 
@@ -119,6 +123,7 @@ fn unknown(reason: Reason, message: impl Into<String>) -> Verdict {
         status: "Unknown",
         reason,
         message: message.into(),
+        carried: false,
     }
 }
 
@@ -253,6 +258,7 @@ fn carried_over(input: &Input, type_: &str, reason: Reason, message: impl Into<S
             status: "True",
             reason: Reason::Registered,
             message: previous.message.clone(),
+            carried: true,
         },
         _ => unknown(reason, message),
     }
@@ -268,11 +274,15 @@ pub fn ready_reason(input: &Input) -> Reason {
 }
 
 fn ready_verdict(token: &Verdict, webhook: &Verdict) -> Verdict {
-    if token.status != "True" {
+    // A token never checked (the bot is suspended, or its Secret is unusable)
+    // is not what holds the bot back: the webhook's reason says more.
+    let token_unchecked = token.reason == Reason::Pending && webhook.status == "False";
+    if token.status != "True" && !token_unchecked {
         return Verdict {
             status: "False",
             reason: token.reason,
             message: token.message.clone(),
+            carried: false,
         };
     }
     if webhook.status != "True" {
@@ -285,12 +295,14 @@ fn ready_verdict(token: &Verdict, webhook: &Verdict) -> Verdict {
             status,
             reason: webhook.reason,
             message: webhook.message.clone(),
+            carried: false,
         };
     }
     Verdict {
         status: "True",
         reason: Reason::Registered,
         message: webhook.message.clone(),
+        carried: false,
     }
 }
 
@@ -301,16 +313,22 @@ fn to_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let last_transition_time = match condition(previous, type_) {
+    let old = condition(previous, type_);
+    let last_transition_time = match old {
         Some(old) if old.status == v.status => old.last_transition_time.clone(),
         _ => Time(now),
+    };
+    let observed_generation = if v.carried {
+        old.and_then(|o| o.observed_generation)
+    } else {
+        generation
     };
     Condition {
         type_: type_.to_string(),
         status: v.status.to_string(),
         reason: v.reason.as_str().to_string(),
         message: v.message,
-        observed_generation: generation,
+        observed_generation,
         last_transition_time,
     }
 }
@@ -352,7 +370,10 @@ pub fn desired(input: &Input) -> ManagedBotStatus {
             status.rotation = Some(rotation_status(input, secret));
         }
     }
-    if suspended_or_conflict {
+    // A failed deleteWebhook leaves the webhook ours: keep what says so, so
+    // that the next reconcile tries again.
+    let unregister_failed = webhook.reason == Reason::Suspended && input.facts.failure.is_some();
+    if suspended_or_conflict && !unregister_failed {
         status.webhook_url = None;
         status.routing = None;
     }
