@@ -125,7 +125,9 @@ pub fn spawn_controller(
         rand_suffix()
     ));
     let file = std::fs::File::create(&log)?;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_managedbot"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_managedbot"));
+    testbed::controlplane::die_with_parent(command.as_std_mut());
+    let child = command
         .arg("controller")
         .arg(format!("--namespace={}", env.namespace))
         .arg(format!("--telegram-api-url={telegram_url}"))

@@ -419,7 +419,9 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn die_with_parent(command: &mut Command) {
+/// Makes the child get SIGKILL when the thread that spawned it ends (for a
+/// test: when the test or its process ends, however it ends).
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches nothing but the child.
     unsafe {

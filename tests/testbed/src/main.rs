@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-use testbed::{ControlPlane, FakeTelegram};
+use testbed::{Backend, ControlPlane, FakeTelegram};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,15 @@ enum Cmd {
         /// Also write the kubeconfig's path to this file (for scripts).
         #[arg(long)]
         kubeconfig_out: Option<PathBuf>,
+    },
+    /// A bot backend that prints every update it receives, until Ctrl-C or SIGTERM.
+    Backend {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// What it answers with: a JSON body (e.g. a Bot API method call).
+        #[arg(long, default_value = "")]
+        reply: String,
     },
     /// Serve the fake Telegram Bot API until Ctrl-C or SIGTERM.
     FakeTelegram {
@@ -57,6 +66,34 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             eprintln!("stopping the control plane");
             plane.stop();
+        }
+        Cmd::Backend { listen, reply } => {
+            let backend = Backend::start_on(listen).await?;
+            backend.set_reply(testbed::backend::Reply {
+                body: reply,
+                ..Default::default()
+            });
+            eprintln!("backend listening on {}", backend.url());
+            let printer = async {
+                let mut shown = 0;
+                loop {
+                    let received = backend.received();
+                    for update in &received[shown..] {
+                        let bot = update.header("x-managedbot-name").unwrap_or("?");
+                        println!(
+                            "backend got an update for bot {bot}: {}",
+                            String::from_utf8_lossy(&update.body)
+                        );
+                    }
+                    shown = received.len();
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! {
+                () = printer => {}
+                () = shutdown_signal() => {}
+            }
+            backend.stop();
         }
         Cmd::FakeTelegram { listen, bots } => {
             let fake = FakeTelegram::start_on(listen).await?;
