@@ -440,8 +440,8 @@ async fn with_leader_election_exactly_one_replica_acts_and_the_other_takes_over(
     let telegram = FakeTelegram::start().await?;
     let lease = [
         "--leader-elect=true".to_string(),
-        format!("--leader-election-namespace={}", env.namespace),
-        "--leader-election-id=managedbot-test".to_string(),
+        format!("--leader-election-namespace={DEPLOY_NAMESPACE}"),
+        format!("--leader-election-id=managedbot-{}", env.namespace),
         "--lease-duration=6s".to_string(),
         "--renew-deadline=2s".to_string(),
     ];

@@ -14,7 +14,8 @@ pub fn repo_root() -> &'static Path {
 }
 
 /// A fresh namespace on the shared control plane with the committed CRD
-/// installed and Established.
+/// installed and Established, and the namespace, ServiceAccounts and RBAC of
+/// deploy/ applied.
 pub async fn env_with_crd(prefix: &str) -> anyhow::Result<TestEnv> {
     let env = testbed::test_env(prefix).await?;
     let kubectl = env.shared.bin_dir.join("kubectl");
@@ -42,13 +43,31 @@ fn install_crd(kubectl: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
                 }
                 Ok(())
             };
-            let crd = repo_root().join("crds/managedbot.yaml");
+            let path = |p: &str| {
+                repo_root()
+                    .join(p)
+                    .to_str()
+                    .expect("a UTF-8 path")
+                    .to_string()
+            };
             run(&[
                 "apply",
                 "--server-side",
                 "-f",
-                crd.to_str().expect("a UTF-8 path"),
+                &path("crds/managedbot.yaml"),
             ])
+            .and_then(|()| {
+                run(&[
+                    "apply",
+                    "--server-side",
+                    "-f",
+                    &path("deploy/namespace.yaml"),
+                    "-f",
+                    &path("deploy/rbac-controller.yaml"),
+                    "-f",
+                    &path("deploy/rbac-router.yaml"),
+                ])
+            })
             .and_then(|()| {
                 run(&[
                     "wait",
@@ -117,10 +136,91 @@ pub fn spawn_controller(
     telegram_url: &str,
     extra: &[&str],
 ) -> anyhow::Result<Process> {
-    let dir = env.shared.dir.join("logs");
+    let mut args = vec![
+        format!("--namespace={}", env.namespace),
+        format!("--telegram-api-url={telegram_url}"),
+        "--public-base-url=https://bots.example.com".into(),
+        "--metrics-listen=127.0.0.1:0".into(),
+        "--telegram-timeout=3s".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn(env, "controller", &args, "managedbot-controller")
+}
+
+/// A `managedbot router` process and where it listens.
+pub struct RouterProcess {
+    pub process: Process,
+    /// Where deliveries go.
+    pub addr: std::net::SocketAddr,
+    /// Where /metrics, /healthz and /readyz are.
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl RouterProcess {
+    /// `http://{addr}/webhook/{secret}`.
+    pub fn webhook_url(&self, secret: &str) -> String {
+        format!("http://{}/webhook/{secret}", self.addr)
+    }
+}
+
+/// Starts `managedbot router` for the test's namespace, with Services
+/// resolved to loopback (`backend.service.port` is a local port), as the
+/// router's ServiceAccount; returns once it reports ready.
+pub async fn spawn_router(env: &TestEnv, extra: &[&str]) -> anyhow::Result<RouterProcess> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut args = vec![
+        format!("--namespace={}", env.namespace),
+        format!("--listen={addr}"),
+        format!("--metrics-listen={metrics_addr}"),
+        "--service-resolver=http://127.0.0.1:{port}".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut process = spawn(env, "router", &args, "managedbot-router")?;
+    let readyz = format!("http://{metrics_addr}/readyz");
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(&readyz).send().await
+            && response.status().is_success()
+        {
+            break;
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            bail!("the router exited with {status}:\n{}", process.output());
+        }
+        if Instant::now() > deadline {
+            process.kill().await;
+            bail!("the router was not ready after 30s:\n{}", process.output());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(RouterProcess {
+        process,
+        addr,
+        metrics_addr,
+    })
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `managedbot {subcommand} {args}` acting as `service_account`.
+fn spawn(
+    env: &TestEnv,
+    subcommand: &str,
+    args: &[String],
+    service_account: &str,
+) -> anyhow::Result<Process> {
+    // Kept after the run (target/tmp/logs), for reading what a failed test's process did.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
     std::fs::create_dir_all(&dir)?;
     let log = dir.join(format!(
-        "controller-{}-{}.log",
+        "{subcommand}-{}-{}.log",
         env.namespace,
         rand_suffix()
     ));
@@ -128,14 +228,9 @@ pub fn spawn_controller(
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_managedbot"));
     testbed::controlplane::die_with_parent(command.as_std_mut());
     let child = command
-        .arg("controller")
-        .arg(format!("--namespace={}", env.namespace))
-        .arg(format!("--telegram-api-url={telegram_url}"))
-        .arg("--public-base-url=https://bots.example.com")
-        .arg("--metrics-listen=127.0.0.1:0")
-        .arg("--telegram-timeout=3s")
-        .args(extra)
-        .env("KUBECONFIG", &env.shared.kubeconfig)
+        .arg(subcommand)
+        .args(args)
+        .env("KUBECONFIG", impersonating(env, service_account)?)
         .env("RUST_LOG", "info,managedbot=debug")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -270,4 +365,73 @@ pub async fn assert_no_token_leaked(
         );
     }
     Ok(())
+}
+
+/// Like [`assert_no_token_leaked`], for webhook secrets too: a path secret
+/// may appear in `status.webhookUrl` (a ManagedBot reader may see the URL),
+/// and nowhere else that the test can see.
+pub async fn assert_no_secret_leaked(
+    env: &TestEnv,
+    secrets: &[&str],
+    processes: &[&Process],
+) -> anyhow::Result<()> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let bots: Api<ManagedBot> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mut listed = bots.list(&Default::default()).await?.items;
+    for bot in &mut listed {
+        if let Some(status) = bot.status.as_mut() {
+            status.webhook_url = None;
+        }
+    }
+    let mut seen = serde_json::to_string(&events.list(&Default::default()).await?.items)?;
+    seen.push_str(&serde_json::to_string(&listed)?);
+    for process in processes {
+        seen.push_str(&process.output());
+    }
+    for (index, secret) in secrets.iter().enumerate() {
+        let secret_part = secret.split_once(':').map_or(*secret, |(_, s)| s);
+        assert!(
+            secret_part.len() >= 16,
+            "secret {index} is too short to search for"
+        );
+        assert!(
+            !seen.contains(secret_part),
+            "secret {index} appears in logs, Events or status"
+        );
+    }
+    Ok(())
+}
+
+/// The namespace of deploy/, where the ServiceAccounts and the leader Lease live.
+pub const DEPLOY_NAMESPACE: &str = "managedbot";
+
+/// A kubeconfig that acts as a ServiceAccount of deploy/, so that a process
+/// under test has exactly the rights deploy/ grants it.
+pub fn impersonating(env: &TestEnv, service_account: &str) -> anyhow::Result<PathBuf> {
+    let path = env.shared.dir.join(format!("{service_account}.kubeconfig"));
+    if !path.exists() {
+        let mut kubeconfig: serde_json::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&env.shared.kubeconfig)?)?;
+        let user = kubeconfig
+            .pointer_mut("/users/0/user")
+            .and_then(|u| u.as_object_mut())
+            .context("the admin kubeconfig has no user")?;
+        user.insert(
+            "as".into(),
+            format!("system:serviceaccount:{DEPLOY_NAMESPACE}:{service_account}").into(),
+        );
+        user.insert(
+            "as-groups".into(),
+            serde_json::json!([
+                "system:serviceaccounts",
+                format!("system:serviceaccounts:{DEPLOY_NAMESPACE}"),
+                "system:authenticated"
+            ]),
+        );
+        let partial = path.with_extension(format!("partial-{}", rand_suffix()));
+        std::fs::write(&partial, serde_yaml_ng::to_string(&kubeconfig)?)?;
+        std::fs::rename(partial, &path)?;
+    }
+    Ok(path)
 }
