@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     controller::{self, leader::LeaseOptions, plan::Settings},
     metrics::{self, Metrics},
-    telegram,
+    router, telegram,
     telemetry::{self, LogFormat},
 };
 
@@ -26,6 +26,8 @@ pub enum Command {
     Crd,
     /// Reconcile ManagedBots: secrets, Telegram registration, status, rotation, deletion.
     Controller(Box<ControllerArgs>),
+    /// Receive Telegram's deliveries and forward each to its bot's backend.
+    Router(Box<RouterArgs>),
 }
 
 /// Options of `managedbot controller`.
@@ -73,6 +75,59 @@ pub struct ControllerArgs {
     pub log_format: LogFormat,
 }
 
+/// Options of `managedbot router`.
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    /// Address Telegram's deliveries arrive on (behind the Ingress).
+    #[arg(long, default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz; expose it to no Ingress.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// A namespace whose bots are routed (repeatable); none routes all namespaces.
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// Path before /webhook/{secret}, the path of the bots' baseUrl (e.g. /telegram).
+    #[arg(long, default_value = "")]
+    pub path_prefix: router::handler::PathPrefix,
+    /// How backend.service becomes a URL, from {name}, {namespace} and {port}.
+    #[arg(long, default_value = router::backend::DEFAULT_SERVICE_TEMPLATE)]
+    pub service_resolver: router::backend::ServiceResolver,
+    /// Longest wait for a backend's whole answer (Telegram itself waits about 60s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub backend_timeout: Duration,
+    /// Largest update accepted; larger ones are answered 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest backend reply handed back to Telegram; larger ones are answered 502.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_reply_bytes: usize,
+    /// Requests forwarded at once, all bots together; past it, 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Requests forwarded at once for one bot (Telegram opens at most 100 connections per bot).
+    #[arg(long, default_value_t = 100)]
+    pub max_in_flight_per_bot: usize,
+    /// Longest time a request's headers may take to arrive.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest time a request's body may take to arrive; past it, 408.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Longest time shutdown waits for requests in flight.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Answer 403 to every source outside Telegram's delivery ranges (149.154.160.0/20, 91.108.4.0/22).
+    #[arg(long)]
+    pub telegram_sources_only: bool,
+    /// A proxy (CIDR) whose X-Forwarded-For is believed with --telegram-sources-only (repeatable).
+    #[arg(long = "trusted-proxy", requires = "telegram_sources_only")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
 fn parse_base_url(raw: &str) -> Result<String, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "https" {
@@ -96,8 +151,39 @@ impl Cli {
                 Ok(())
             }
             Command::Controller(args) => run_controller(*args).await,
+            Command::Router(args) => run_router(*args).await,
         }
     }
+}
+
+async fn run_router(args: RouterArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, "info,kube=warn");
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let options = router::Options {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        namespaces: args.namespaces,
+        prefix: args.path_prefix,
+        resolver: args.service_resolver,
+        limits: router::handler::Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_in_flight: args.max_in_flight,
+            max_in_flight_per_bot: args.max_in_flight_per_bot,
+            body_read_timeout: args.body_read_timeout,
+        },
+        connections: router::server::ConnectionLimits {
+            header_read_timeout: args.header_read_timeout,
+            drain_timeout: args.drain_timeout,
+        },
+        backend_timeout: args.backend_timeout,
+        max_reply_bytes: args.max_reply_bytes,
+        source_filter: args
+            .telegram_sources_only
+            .then(|| router::source::SourceFilter::telegram(args.trusted_proxies)),
+    };
+    router::run(client, options, shutdown_signal()).await
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
