@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "managedbot.dev";
 /// Changing this annotation's value asks for a rotation of the webhook secret.
 pub const ROTATE_ANNOTATION: &str = "managedbot.dev/rotate";
+/// Set to the same value as [`ROTATE_ANNOTATION`], asks that the rotation
+/// it requests keep no grace period: the old pair stops being routed at once
+/// (for a leaked secret; `managedbot rotate --now` sets both).
+pub const ROTATE_NOW_ANNOTATION: &str = "managedbot.dev/rotate-now";
 /// The finalizer that keeps a bot until its webhook is unregistered.
 pub const FINALIZER: &str = "managedbot.dev/webhook";
 /// The key of the token in the token Secret when `tokenSecretRef.key` is not given.

@@ -388,7 +388,7 @@ async fn apply(bot: Arc<ManagedBot>, ctx: &Context) -> Result<Action> {
                 let SecretState::Present(current) = &secret else {
                     return Err(Error::NoProgress(0));
                 };
-                let grace = plan::grace_period(&bot);
+                let grace = plan::rotation_grace(&bot, &cause);
                 let rotated = WebhookSecret {
                     current: webhook_secret::Pair::generate()?,
                     previous: (!grace.is_zero()).then(|| Previous {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    resource::{ManagedBot, ROTATE_ANNOTATION},
+    resource::{ManagedBot, ROTATE_ANNOTATION, ROTATE_NOW_ANNOTATION},
     telegram::{self, BotToken, TokenFormatError, User, WebhookInfo},
 };
 
@@ -301,6 +301,25 @@ pub fn grace_period(bot: &ManagedBot) -> Duration {
         .and_then(|r| r.grace_period)
         .map(Duration::from)
         .unwrap_or(DEFAULT_GRACE_PERIOD)
+}
+
+/// The grace period of the pair a rotation for `cause` retires: none when
+/// the rotate-now annotation names the requested value, else the spec's.
+pub fn rotation_grace(bot: &ManagedBot, cause: &RotationCause) -> Duration {
+    let cut_now = match cause {
+        RotationCause::Requested(value) => bot
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATE_NOW_ANNOTATION))
+            .is_some_and(|now| now == value),
+        RotationCause::Interval => false,
+    };
+    if cut_now {
+        Duration::ZERO
+    } else {
+        grace_period(bot)
+    }
 }
 
 /// When the bot next needs attention without any event: the drift check,

@@ -329,7 +329,7 @@ impl World {
                 }
                 Step::Rotate(cause) => {
                     let old = self.secret().clone();
-                    let grace = grace_period(&self.bot);
+                    let grace = rotation_grace(&self.bot, &cause);
                     let now = self.now;
                     let current = self.next_pair();
                     self.secret = SecretState::Present(WebhookSecret {
@@ -1194,6 +1194,37 @@ fn a_rotation_with_no_grace_period_cuts_the_old_pair_off_at_once() {
             previous: None
         })
     );
+}
+
+#[test]
+fn rotate_now_cuts_off_the_pair_of_its_own_rotation_only() {
+    let mut w = World::with_bot(bot(json!({"rotation": {"gracePeriod": "10m"}})));
+    w.reconcile();
+    annotate(&mut w.bot, "r1");
+    w.reconcile();
+    assert!(
+        w.secret().previous.is_some(),
+        "an ordinary rotation keeps a grace period"
+    );
+    // A leak is found: rotate again, cutting both old pairs off at once.
+    annotate(&mut w.bot, "leak");
+    let annotations = w.bot.metadata.annotations.get_or_insert_default();
+    annotations.insert(ROTATE_NOW_ANNOTATION.into(), "leak".into());
+    assert_eq!(
+        w.reconcile()[0],
+        Step::Rotate(RotationCause::Requested("leak".into()))
+    );
+    assert_eq!(w.secret().previous, None);
+    assert_eq!(w.status().routing.as_ref().unwrap().previous, None);
+    // The annotation left behind does not apply to the next rotation.
+    annotate(&mut w.bot, "r3");
+    w.reconcile();
+    assert_eq!(
+        w.secret().previous.as_ref().map(|p| p.expires_at),
+        Some(w.now + SignedDuration::from_mins(10))
+    );
+    let interval = rotation_grace(&w.bot, &RotationCause::Interval);
+    assert_eq!(interval, secs(600));
 }
 
 #[test]
