@@ -3,9 +3,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::{
+    commands,
     controller::{self, leader::LeaseOptions, plan::Settings},
     metrics::{self, Metrics},
     router, telegram,
@@ -28,6 +29,15 @@ pub enum Command {
     Controller(Box<ControllerArgs>),
     /// Receive Telegram's deliveries and forward each to its bot's backend.
     Router(Box<RouterArgs>),
+    /// Ask for a new webhook secret, wait until it is registered, print the new URL.
+    Rotate(commands::rotate::RotateArgs),
+    /// Show a bot: Ready and why, Telegram's pending updates and last error, rotation.
+    #[command(alias = "get")]
+    Status(commands::show::StatusArgs),
+    /// Print a Ready bot's webhook URL.
+    Url(commands::show::UrlArgs),
+    /// Make ManagedBots of existing token Secrets: print them, or apply them and list the URLs.
+    Adopt(Box<commands::adopt::AdoptArgs>),
 }
 
 /// Options of `managedbot controller`.
@@ -142,6 +152,27 @@ fn parse_base_url(raw: &str) -> Result<String, String> {
     Ok(raw.trim_end_matches('/').to_string())
 }
 
+/// The program: parses the command line as `bin_name`, runs the command and
+/// turns its error into a message and an exit code (see [`commands::Failure`]).
+pub fn main(bin_name: &'static str) -> std::process::ExitCode {
+    let matches = Cli::command().bin_name(bin_name).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(commands::exit_code(&error))
+        }
+    }
+}
+
 impl Cli {
     /// Runs the chosen command.
     pub async fn run(self) -> anyhow::Result<()> {
@@ -152,6 +183,10 @@ impl Cli {
             }
             Command::Controller(args) => run_controller(*args).await,
             Command::Router(args) => run_router(*args).await,
+            Command::Rotate(args) => commands::rotate::run(args).await,
+            Command::Status(args) => commands::show::status(args).await,
+            Command::Url(args) => commands::show::url(args).await,
+            Command::Adopt(args) => commands::adopt::run(*args).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! bots. One module per part; `main.rs` only dispatches the command line.
 
 pub mod cli;
+pub mod commands;
 pub mod controller;
 pub mod metrics;
 pub mod resource;
