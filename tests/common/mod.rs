@@ -13,9 +13,8 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A fresh namespace on the shared control plane with the committed CRD
-/// installed and Established, and the namespace, ServiceAccounts and RBAC of
-/// deploy/ applied.
+/// A fresh namespace on the shared control plane with deploy/ applied (the
+/// committed CRD Established, the ServiceAccounts and their RBAC).
 pub async fn env_with_crd(prefix: &str) -> anyhow::Result<TestEnv> {
     let env = testbed::test_env(prefix).await?;
     let kubectl = env.shared.bin_dir.join("kubectl");
@@ -50,33 +49,19 @@ fn install_crd(kubectl: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
                     .expect("a UTF-8 path")
                     .to_string()
             };
-            run(&[
-                "apply",
-                "--server-side",
-                "-f",
-                &path("crds/managedbot.yaml"),
-            ])
-            .and_then(|()| {
-                run(&[
-                    "apply",
-                    "--server-side",
-                    "-f",
-                    &path("deploy/namespace.yaml"),
-                    "-f",
-                    &path("deploy/rbac-controller.yaml"),
-                    "-f",
-                    &path("deploy/rbac-router.yaml"),
-                ])
-            })
-            .and_then(|()| {
-                run(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/managedbots.managedbot.dev",
-                ])
-            })
-            .map_err(|e| format!("{e:#}"))
+            // Exactly what a cluster admin applies: the CRD, the namespace,
+            // the ServiceAccounts and RBAC the processes under test act as, and
+            // the workloads (which no kubelet here runs).
+            run(&["apply", "--server-side", "-k", &path("deploy")])
+                .and_then(|()| {
+                    run(&[
+                        "wait",
+                        "--for=condition=Established",
+                        "--timeout=60s",
+                        "crd/managedbots.managedbot.dev",
+                    ])
+                })
+                .map_err(|e| format!("{e:#}"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -144,7 +129,12 @@ pub fn spawn_controller(
         "--telegram-timeout=3s".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    spawn(env, "controller", &args, "managedbot-controller")
+    spawn(
+        env,
+        "controller",
+        &args,
+        &impersonating(env, "managedbot-controller")?,
+    )
 }
 
 /// A `managedbot router` process and where it listens.
@@ -176,7 +166,20 @@ pub async fn spawn_router(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Route
         "--service-resolver=http://127.0.0.1:{port}".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let mut process = spawn(env, "router", &args, "managedbot-router")?;
+    let kubeconfig = impersonating(env, "managedbot-router")?;
+    router_with(env, &args, &kubeconfig, addr, metrics_addr).await
+}
+
+/// Starts `managedbot router ARGS` with `kubeconfig`, listening on `addr`
+/// and `metrics_addr` as ARGS say; returns once it reports ready.
+pub async fn router_with(
+    env: &TestEnv,
+    args: &[String],
+    kubeconfig: &Path,
+    addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<RouterProcess> {
+    let mut process = spawn(env, "router", args, kubeconfig)?;
     let readyz = format!("http://{metrics_addr}/readyz");
     let http = reqwest::Client::builder().no_proxy().build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -209,12 +212,12 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Starts `managedbot {subcommand} {args}` acting as `service_account`.
-fn spawn(
+/// Starts `managedbot {subcommand} {args}` with `kubeconfig`.
+pub fn spawn(
     env: &TestEnv,
     subcommand: &str,
     args: &[String],
-    service_account: &str,
+    kubeconfig: &Path,
 ) -> anyhow::Result<Process> {
     // Kept after the run (target/tmp/logs), for reading what a failed test's process did.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
@@ -230,7 +233,7 @@ fn spawn(
     let child = command
         .arg(subcommand)
         .args(args)
-        .env("KUBECONFIG", impersonating(env, service_account)?)
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,managedbot=debug")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -409,7 +412,19 @@ pub const DEPLOY_NAMESPACE: &str = "managedbot";
 /// A kubeconfig that acts as a ServiceAccount of deploy/, so that a process
 /// under test has exactly the rights deploy/ grants it.
 pub fn impersonating(env: &TestEnv, service_account: &str) -> anyhow::Result<PathBuf> {
-    let path = env.shared.dir.join(format!("{service_account}.kubeconfig"));
+    impersonating_in(env, DEPLOY_NAMESPACE, service_account)
+}
+
+/// A kubeconfig that acts as the ServiceAccount `namespace/service_account`.
+pub fn impersonating_in(
+    env: &TestEnv,
+    namespace: &str,
+    service_account: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = env
+        .shared
+        .dir
+        .join(format!("{namespace}-{service_account}.kubeconfig"));
     if !path.exists() {
         let mut kubeconfig: serde_json::Value =
             serde_yaml_ng::from_str(&std::fs::read_to_string(&env.shared.kubeconfig)?)?;
@@ -419,13 +434,13 @@ pub fn impersonating(env: &TestEnv, service_account: &str) -> anyhow::Result<Pat
             .context("the admin kubeconfig has no user")?;
         user.insert(
             "as".into(),
-            format!("system:serviceaccount:{DEPLOY_NAMESPACE}:{service_account}").into(),
+            format!("system:serviceaccount:{namespace}:{service_account}").into(),
         );
         user.insert(
             "as-groups".into(),
             serde_json::json!([
                 "system:serviceaccounts",
-                format!("system:serviceaccounts:{DEPLOY_NAMESPACE}"),
+                format!("system:serviceaccounts:{namespace}"),
                 "system:authenticated"
             ]),
         );
