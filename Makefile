@@ -2,7 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 
-.PHONY: test lint unit controlplane demo crd
+.PHONY: test lint unit controlplane demo crd bench
 
 ## Everything CI runs: toolchains, the control plane, lint, every test.
 test: lint
@@ -27,3 +27,10 @@ crd:
 demo:
 	bash scripts/deps.sh
 	bash scripts/demo.sh
+
+## Benchmarks (minutes): the router against nginx and the bare backend; writes docs/benchmarks.md.
+bench:
+	bash scripts/deps.sh
+	bash scripts/bench-deps.sh
+	mkdir -p docs
+	python3 benches/router.py --out docs/benchmarks.md

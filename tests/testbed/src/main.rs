@@ -35,6 +35,13 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reply: String,
     },
+    /// The trivial backend of the benchmarks: answers every request 200 with
+    /// an empty JSON body, records nothing, until Ctrl-C or SIGTERM.
+    BenchBackend {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+    },
     /// Serve the fake Telegram Bot API until Ctrl-C or SIGTERM.
     FakeTelegram {
         /// Address to listen on.
@@ -94,6 +101,19 @@ async fn main() -> anyhow::Result<()> {
                 () = shutdown_signal() => {}
             }
             backend.stop();
+        }
+        Cmd::BenchBackend { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let app = axum::Router::new().fallback(|_body: axum::body::Bytes| async {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], "")
+            });
+            eprintln!(
+                "bench backend listening on http://{}",
+                listener.local_addr()?
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
         Cmd::FakeTelegram { listen, bots } => {
             let fake = FakeTelegram::start_on(listen).await?;
