@@ -1,13 +1,21 @@
 //! The backend client: posts an update to a bot's backend over pooled
 //! keep-alive connections and brings back its status, content type and body
-//! (a webhook reply may carry a Bot API call).
+//! (a webhook reply may carry a Bot API call). hyper's own pooled client: the
+//! request is built from what the route table prepared, nothing is parsed per
+//! request, no proxy is consulted and no redirect followed.
 
 use std::time::Duration;
 
 use axum::{
     body::{Body, Bytes},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
+};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use super::{answer::Refusal, table::BotRoute};
@@ -20,7 +28,7 @@ pub const NAME_HEADER: &str = "x-managedbot-name";
 /// Posts updates to backends.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    http: reqwest::Client,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     max_reply_bytes: usize,
 }
@@ -84,20 +92,36 @@ impl ForwardError {
 #[error("could not build the backend HTTP client: {0}")]
 pub struct ClientBuildError(String);
 
+const USER_AGENT: &str = concat!("managedbot-router/", env!("CARGO_PKG_VERSION"));
+
 impl Forwarder {
     /// A client whose every exchange (connect, send, full reply) takes at most
     /// `timeout`, and whose replies are at most `max_reply_bytes`.
     pub fn new(timeout: Duration, max_reply_bytes: usize) -> Result<Self, ClientBuildError> {
-        let http = reqwest::Client::builder()
-            // A proxy meant for reaching Telegram must not carry in-cluster traffic.
-            .no_proxy()
-            // Following a redirect would post the update somewhere the bot did not name.
-            .redirect(reqwest::redirect::Policy::none())
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        connector.set_connect_timeout(Some(timeout));
+        // https backends are checked against the system's CA certificates.
+        let provider = || std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider()) {
+            Ok(builder) => builder,
+            Err(error) => {
+                tracing::warn!(%error, "no system CA certificates: https backends will fail to verify");
+                let config = rustls::ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClientBuildError(e.to_string()))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+        let https = tls.https_or_http().enable_http1().wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(30))
-            .user_agent(concat!("managedbot-router/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientBuildError(e.without_url().to_string()))?;
+            .pool_timer(TokioTimer::new())
+            .build(https);
         Ok(Self {
             http,
             timeout,
@@ -113,60 +137,64 @@ impl Forwarder {
     }
 
     async fn exchange(&self, bot: &BotRoute, body: Bytes) -> Result<Reply, ForwardError> {
-        let mut response = self
-            .http
-            .post(bot.backend.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(NAMESPACE_HEADER, &bot.bot.namespace)
-            .header(NAME_HEADER, &bot.bot.name)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(bot.backend.clone())
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
+            .header(NAMESPACE_HEADER, bot.namespace_header.clone())
+            .header(NAME_HEADER, bot.name_header.clone())
+            .body(Full::new(body))
+            .map_err(|e| ForwardError::Request(e.to_string()))?;
+        let response = self.http.request(request).await.map_err(transport_error)?;
         if response.status() == StatusCode::GONE {
             return Err(ForwardError::Gone);
         }
         let too_large = ForwardError::ReplyTooLarge(self.max_reply_bytes);
-        if response
-            .content_length()
-            .is_some_and(|length| length > self.max_reply_bytes as u64)
-        {
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_reply_bytes as u64) {
             return Err(too_large);
         }
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let mut collected = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if collected.len() + chunk.len() > self.max_reply_bytes {
-                return Err(too_large);
-            }
-            collected.extend_from_slice(&chunk);
-        }
+        let (parts, body) = response.into_parts();
+        let body = match Limited::new(body, self.max_reply_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => return Err(too_large),
+            Err(error) => return Err(ForwardError::Request(chain(&*error))),
+        };
         Ok(Reply {
-            status,
-            content_type,
-            retry_after,
-            body: collected.into(),
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
+            body,
         })
     }
 }
 
-fn transport_error(error: reqwest::Error) -> ForwardError {
-    let connect = error.is_connect();
-    let error = error.without_url();
+fn transport_error(error: hyper_util::client::legacy::Error) -> ForwardError {
+    let message = chain(&error);
+    if error.is_connect() {
+        ForwardError::Connect(message)
+    } else {
+        ForwardError::Request(message)
+    }
+}
+
+/// An error and its causes, `: `-separated (hyper's errors name no URL).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
+    let mut source = error.source();
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    if connect {
-        ForwardError::Connect(message)
-    } else {
-        ForwardError::Request(message)
-    }
+    message
 }
 
 impl IntoResponse for Reply {

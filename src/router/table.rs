@@ -10,8 +10,8 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, Guard};
+use axum::http::{HeaderValue, Uri};
 use k8s_openapi::jiff::Timestamp;
-use url::Url;
 
 use super::{
     auth::{Digest, PathKey, token_matches},
@@ -35,13 +35,18 @@ impl fmt::Display for BotRef {
     }
 }
 
-/// What every route of one bot shares.
+/// What every route of one bot shares, made once per table build so that a
+/// request parses nothing of it.
 #[derive(Debug)]
 pub struct BotRoute {
     /// The bot.
     pub bot: BotRef,
     /// Where its updates are posted.
-    pub backend: Url,
+    pub backend: Uri,
+    /// The values of the headers that name the bot to its backend.
+    pub namespace_header: HeaderValue,
+    /// See `namespace_header`.
+    pub name_header: HeaderValue,
     in_flight: Arc<InFlight>,
 }
 
@@ -193,8 +198,17 @@ pub fn build<'a>(
                 }
             }
         }
-        let backend = match resolver.resolve(&bot_ref.namespace, &bot.spec.backend) {
-            Ok(backend) => backend,
+        let resolved = resolver
+            .resolve(&bot_ref.namespace, &bot.spec.backend)
+            .and_then(|url| {
+                let uri = Uri::try_from(url.as_str()).map_err(|_| InvalidBackend::NotHttpUrl)?;
+                let header = |text: &str| {
+                    HeaderValue::from_str(text).map_err(|_| InvalidBackend::NotHttpUrl)
+                };
+                Ok((uri, header(&bot_ref.namespace)?, header(&bot_ref.name)?))
+            });
+        let (backend, namespace_header, name_header) = match resolved {
+            Ok(resolved) => resolved,
             Err(error) => {
                 skipped.push(Skipped {
                     bot: bot_ref,
@@ -212,6 +226,8 @@ pub fn build<'a>(
         let shared_route = Arc::new(BotRoute {
             bot: bot_ref,
             backend,
+            namespace_header,
+            name_header,
             in_flight: counter,
         });
         for (path, token, expires_at) in pairs {
@@ -337,7 +353,7 @@ mod tests {
         assert_eq!((table.route_count(), table.bot_count()), (3, 2));
         let a = table.lookup(&key("path-a"), now).unwrap();
         assert_eq!(a.bot.bot.to_string(), "ns/a");
-        assert_eq!(a.bot.backend.as_str(), "http://127.0.0.1:9001/");
+        assert_eq!(a.bot.backend.to_string(), "http://127.0.0.1:9001/");
         assert!(a.accepts_token(b"token-a"));
         assert!(!a.accepts_token(b"token-b2"));
         let old = table.lookup(&key("path-b1"), now).unwrap();
