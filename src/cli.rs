@@ -127,6 +127,9 @@ pub struct RouterArgs {
     /// Longest time shutdown waits for requests in flight.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Threads serving deliveries; 0 is one per CPU the process may use.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Answer 403 to every source outside Telegram's delivery ranges (149.154.160.0/20, 91.108.4.0/22).
     #[arg(long)]
     pub telegram_sources_only: bool,
@@ -217,6 +220,10 @@ async fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         source_filter: args
             .telegram_sources_only
             .then(|| router::source::SourceFilter::telegram(args.trusted_proxies)),
+        threads: match args.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
+        },
     };
     router::run(client, options, shutdown_signal()).await
 }

@@ -111,6 +111,22 @@ impl Endpoint {
             in_flight: Arc::default(),
         }
     }
+
+    /// The same endpoint with another forwarder: one per serving thread, so
+    /// that a thread's backend connections are its own, sharing the table,
+    /// the metrics and the overall cap.
+    pub fn with_forwarder(&self, forwarder: Forwarder) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            forwarder,
+            limits: self.limits,
+            source_filter: self.source_filter.clone(),
+            metrics: self.metrics.clone(),
+            prefix: self.prefix.clone(),
+            webhook_path: self.webhook_path.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
 }
 
 /// The router's public HTTP app: the webhook endpoint, and 404 for anything else.

@@ -60,9 +60,19 @@ pub struct Options {
     pub max_reply_bytes: usize,
     /// Only Telegram's source ranges may post, when set.
     pub source_filter: Option<SourceFilter>,
+    /// Threads serving deliveries, each with its own listener on `listen`
+    /// (SO_REUSEPORT) and its own backend connections.
+    pub threads: usize,
 }
 
 /// Runs the router until `shutdown` completes, then drains requests in flight.
+///
+/// Deliveries are served thread per core, as nginx serves them with worker
+/// processes: each thread runs its own single-threaded runtime with its own
+/// listener on the same port (the kernel spreads connections over them) and
+/// its own backend connections, so that a request never crosses threads. The
+/// route table, the metrics and the overall cap are shared. The watch and the
+/// health port run on the caller's runtime.
 pub async fn run(
     client: kube::Client,
     options: Options,
@@ -70,24 +80,43 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(RouterMetrics::default());
     let routes = Arc::new(Routes::default());
-    let forwarder = Forwarder::new(options.backend_timeout, options.max_reply_bytes)?;
-    let endpoint = Arc::new(Endpoint::new(
+    // Built here first so that a bad configuration fails before any thread starts.
+    let template = Arc::new(Endpoint::new(
         routes.clone(),
-        forwarder,
+        Forwarder::new(options.backend_timeout, options.max_reply_bytes)?,
         options.limits,
         options.source_filter.clone(),
         metrics.clone(),
         options.prefix.clone(),
     ));
-    let public = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("listening on {}", options.listen))?;
     let health = tokio::net::TcpListener::bind(options.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", options.metrics_listen))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut listen = options.listen;
+    let mut workers = Vec::with_capacity(options.threads.max(1));
+    for index in 0..options.threads.max(1) {
+        let (bound, started) = tokio::sync::oneshot::channel();
+        let worker = Worker {
+            listen,
+            template: template.clone(),
+            options: options.clone(),
+            stopped: stopped.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("router-{index}"))
+            .spawn(move || worker.run(bound))
+            .context("starting a serving thread")?;
+        // A port of 0 is chosen by the first listener; the others join it.
+        listen = started
+            .await
+            .context("a serving thread died while starting")??;
+        workers.push(thread);
+    }
     tracing::info!(
-        listen = %options.listen,
+        listen = %listen,
         metrics_listen = %options.metrics_listen,
+        threads = workers.len(),
         webhook_path = %options.prefix.webhook_path("{secret}"),
         "router starting; ready once the ManagedBots are listed"
     );
@@ -101,23 +130,81 @@ pub async fn run(
         let metrics = metrics.clone();
         async move { watch::maintain(client, &namespaces, resolver, routes, metrics).await }
     });
-    let stopping = {
-        let metrics = metrics.clone();
-        async move {
-            shutdown.await;
-            // Load balancers stop sending first; requests already here finish.
-            metrics.set_ready(false);
-            tracing::info!("shutting down");
-        }
-    };
-    server::serve(
-        public,
-        handler::app(endpoint),
-        options.connections,
-        stopping,
-    )
-    .await;
+    shutdown.await;
+    // Load balancers stop sending first; requests already here finish.
+    metrics.set_ready(false);
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for worker in workers {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     watch.abort();
     health_server.abort();
     Ok(())
+}
+
+/// One serving thread.
+struct Worker {
+    listen: SocketAddr,
+    template: Arc<Endpoint>,
+    options: Options,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Binds, reports the bound address (or why not) through `bound`, then
+    /// serves until told to stop.
+    fn run(self, bound: tokio::sync::oneshot::Sender<anyhow::Result<SocketAddr>>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = bound.send(Err(anyhow::Error::new(error).context("starting a runtime")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let started = self.listener().and_then(|listener| {
+                let forwarder =
+                    Forwarder::new(self.options.backend_timeout, self.options.max_reply_bytes)?;
+                Ok((listener, forwarder))
+            });
+            let (listener, forwarder) = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    let _ = bound.send(Err(error));
+                    return;
+                }
+            };
+            let _ = bound.send(listener.local_addr().map_err(Into::into));
+            let endpoint = Arc::new(self.template.with_forwarder(forwarder));
+            let mut stopped = self.stopped;
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            server::serve(
+                listener,
+                handler::app(endpoint),
+                self.options.connections,
+                stop,
+            )
+            .await;
+        });
+    }
+
+    fn listener(&self) -> anyhow::Result<tokio::net::TcpListener> {
+        let socket = if self.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket
+            .bind(self.listen)
+            .with_context(|| format!("listening on {}", self.listen))?;
+        Ok(socket.listen(1024)?)
+    }
 }
