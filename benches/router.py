@@ -212,6 +212,8 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=int, default=2000, help="requests/s of the fixed-rate shape")
     parser.add_argument("--out", help="also write the Markdown report here")
+    parser.add_argument("--hold", action="store_true",
+                        help="set everything up, print the three URLs and wait (for profiling), measure nothing")
     args = parser.parse_args()
 
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
@@ -299,6 +301,13 @@ def measure(args, bed, release, bin_dir, oha, nginx):
         wait_http(targets[name][0], method="POST", expect=401,
                   headers=dict(headers, **{"x-telegram-bot-api-secret-token": "wrong"}), data=body.encode())
 
+    if args.hold:
+        for name, (url, pids) in targets.items():
+            print(f"{name} {url} pids {pids()}", flush=True)
+        print(f"body {body_file}; secret token {SECRET_TOKEN}; Ctrl-C stops", flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return ""
     shapes = {"saturating": None, "fixed": args.rate}
     results = {(shape, name): [] for shape in shapes for name in targets}
     for round_ in range(1, args.rounds + 1):
