@@ -19,9 +19,10 @@ controlplane:
 	bash scripts/deps.sh
 	bash tests/controlplane/build.sh
 
-## Regenerate the committed CRD from the Rust types.
+## Regenerate the committed CRD and its reference (docs/reference.md) from the Rust types.
 crd:
 	cargo run --quiet -- crd > crds/managedbot.yaml
+	cargo run --quiet -- crd --reference > docs/reference.md
 
 ## Start a local control plane, install the CRD and the examples; Ctrl-C stops it all.
 demo:

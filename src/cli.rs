@@ -24,7 +24,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the ManagedBot CustomResourceDefinition as YAML (pipe it to `kubectl apply -f -`).
-    Crd,
+    Crd {
+        /// Print the resource reference (Markdown) generated from it instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Reconcile ManagedBots: secrets, Telegram registration, status, rotation, deletion.
     Controller(Box<ControllerArgs>),
     /// Receive Telegram's deliveries and forward each to its bot's backend.
@@ -180,8 +184,12 @@ impl Cli {
     /// Runs the chosen command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Crd => {
-                print!("{}", crate::resource::crd_yaml());
+            Command::Crd { reference } => {
+                if reference {
+                    print!("{}", crate::reference::markdown());
+                } else {
+                    print!("{}", crate::resource::crd_yaml());
+                }
                 Ok(())
             }
             Command::Controller(args) => run_controller(*args).await,

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod controller;
 pub mod metrics;
+pub mod reference;
 pub mod resource;
 pub mod router;
 pub mod telegram;

@@ -18,7 +18,21 @@ fn committed_crd_is_what_the_binary_prints() {
     assert!(printed.status.success());
     assert!(
         committed == String::from_utf8(printed.stdout).unwrap(),
-        "crds/managedbot.yaml is stale: run `cargo run -- crd > crds/managedbot.yaml`"
+        "crds/managedbot.yaml is stale: run `make crd`"
+    );
+}
+
+#[test]
+fn committed_reference_is_what_the_binary_prints() {
+    let committed = std::fs::read_to_string(repo_root().join("docs/reference.md")).unwrap();
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_managedbot"))
+        .args(["crd", "--reference"])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert!(
+        committed == String::from_utf8(printed.stdout).unwrap(),
+        "docs/reference.md is stale: run `make crd`"
     );
 }
 
