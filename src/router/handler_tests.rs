@@ -23,6 +23,7 @@ use super::{
     handler::{self, Endpoint, Limits, PathPrefix, SECRET_TOKEN_HEADER},
     metrics::RouterMetrics,
     server::{self, ConnectionLimits},
+    source::SourceFilter,
     table::{self, Routes},
     test_support::{bot, bot_with_previous},
 };
@@ -41,6 +42,27 @@ fn limits() -> Limits {
     }
 }
 
+/// How a test router is set up.
+struct Config {
+    limits: Limits,
+    backend_timeout: Duration,
+    header_read_timeout: Duration,
+    source_filter: Option<SourceFilter>,
+    prefix: PathPrefix,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: limits(),
+            backend_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
+            source_filter: None,
+            prefix: PathPrefix::default(),
+        }
+    }
+}
+
 struct Router {
     addr: SocketAddr,
     routes: Arc<Routes>,
@@ -51,15 +73,25 @@ struct Router {
 
 impl Router {
     async fn start(bots: &[ManagedBot], limits: Limits, backend_timeout: Duration) -> Self {
-        Self::start_with(bots, limits, backend_timeout, Duration::from_secs(5)).await
+        Self::start_with(
+            bots,
+            Config {
+                limits,
+                backend_timeout,
+                ..Config::default()
+            },
+        )
+        .await
     }
 
-    async fn start_with(
-        bots: &[ManagedBot],
-        limits: Limits,
-        backend_timeout: Duration,
-        header_read_timeout: Duration,
-    ) -> Self {
+    async fn start_with(bots: &[ManagedBot], config: Config) -> Self {
+        let Config {
+            limits,
+            backend_timeout,
+            header_read_timeout,
+            source_filter,
+            prefix,
+        } = config;
         let routes = Arc::new(Routes::default());
         publish(&routes, bots);
         let metrics = Arc::new(RouterMetrics::default());
@@ -67,9 +99,9 @@ impl Router {
             routes.clone(),
             Forwarder::new(backend_timeout, 1 << 20).unwrap(),
             limits,
-            None,
+            source_filter,
             metrics.clone(),
-            PathPrefix::default(),
+            prefix,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -457,9 +489,10 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
     let backend = Backend::start().await.unwrap();
     let router = Router::start_with(
         &[bot("ns", "a", PATH, TOKEN, port_of(&backend))],
-        limits(),
-        Duration::from_secs(5),
-        Duration::from_millis(700),
+        Config {
+            header_read_timeout: Duration::from_millis(700),
+            ..Config::default()
+        },
     )
     .await;
     let mut stream = TcpStream::connect(router.addr).await.unwrap();
@@ -672,4 +705,95 @@ async fn shutdown_lets_a_request_in_flight_finish_and_accepts_no_more() {
         TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test]
+async fn with_the_allow_list_only_telegram_behind_a_trusted_proxy_gets_through() {
+    let backend = Backend::start().await.unwrap();
+    let bots = [bot("ns", "a", PATH, TOKEN, port_of(&backend))];
+    let direct = Router::start_with(
+        &bots,
+        Config {
+            source_filter: Some(SourceFilter::telegram(Vec::new())),
+            ..Config::default()
+        },
+    )
+    .await;
+    // Loopback is not Telegram, whatever it claims to forward for.
+    let spoofed = client()
+        .post(direct.url(PATH))
+        .header(SECRET_TOKEN_HEADER, TOKEN)
+        .header("x-forwarded-for", "149.154.167.99")
+        .body(UPDATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), StatusCode::FORBIDDEN);
+    direct.shutdown().await;
+
+    let behind_proxy = Router::start_with(
+        &bots,
+        Config {
+            source_filter: Some(SourceFilter::telegram(vec![
+                "127.0.0.1/32".parse().unwrap(),
+            ])),
+            ..Config::default()
+        },
+    )
+    .await;
+    let send = |forwarded_for: Option<&'static str>| {
+        let mut request = client()
+            .post(behind_proxy.url(PATH))
+            .header(SECRET_TOKEN_HEADER, TOKEN)
+            .body(UPDATE);
+        if let Some(value) = forwarded_for {
+            request = request.header("x-forwarded-for", value);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(send(Some("149.154.167.99")).await, StatusCode::OK);
+    assert_eq!(send(None).await, StatusCode::FORBIDDEN, "the proxy itself");
+    assert_eq!(
+        send(Some("149.154.167.99, 203.0.113.9")).await,
+        StatusCode::FORBIDDEN,
+        "the nearest untrusted hop is the client"
+    );
+    assert_eq!(backend.received().len(), 1);
+    behind_proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_path_prefix_routes_only_under_it() {
+    let backend = Backend::start().await.unwrap();
+    let router = Router::start_with(
+        &[bot("ns", "a", PATH, TOKEN, port_of(&backend))],
+        Config {
+            prefix: "/telegram".parse().unwrap(),
+            ..Config::default()
+        },
+    )
+    .await;
+    let at = |path: String| {
+        client()
+            .post(format!("http://{}{path}", router.addr))
+            .header(SECRET_TOKEN_HEADER, TOKEN)
+            .body(UPDATE)
+            .send()
+    };
+    assert_eq!(
+        at(format!("/telegram/webhook/{PATH}"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        at(format!("/webhook/{PATH}")).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        at(format!("/other/webhook/{PATH}")).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    router.shutdown().await;
 }
