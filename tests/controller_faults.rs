@@ -442,8 +442,10 @@ async fn with_leader_election_exactly_one_replica_acts_and_the_other_takes_over(
         "--leader-elect=true".to_string(),
         format!("--leader-election-namespace={DEPLOY_NAMESPACE}"),
         format!("--leader-election-id=managedbot-{}", env.namespace),
-        "--lease-duration=6s".to_string(),
-        "--renew-deadline=2s".to_string(),
+        // Short enough to take over within the test, long enough that a renewal
+        // slowed by the other tests' load on the API server still lands in time.
+        "--lease-duration=10s".to_string(),
+        "--renew-deadline=4s".to_string(),
     ];
     let lease: Vec<&str> = lease.iter().map(String::as_str).collect();
     let mut a = spawn_controller(&env, &telegram.url(), &lease)?;
@@ -478,8 +480,8 @@ async fn with_leader_election_exactly_one_replica_acts_and_the_other_takes_over(
     leader.kill().await;
     let token2 = telegram.add_bot(7110, "after_bot");
     apply_bot(&env, "after", &token2, serde_json::json!({})).await?;
-    // The lease expires 6 s after the last renewal; the stand-by then acts.
-    ready_bot(&env, "after", Duration::from_secs(20)).await?;
+    // The lease expires 10 s after the last renewal; the stand-by then acts.
+    ready_bot(&env, "after", Duration::from_secs(30)).await?;
     assert!(leading(standby));
     assert_no_token_leaked(&env, &[&token, &token2], &[leader, standby]).await?;
     Ok(())
