@@ -2,6 +2,7 @@
 //! in [`plan`] and [`status`]; this module only reads what they need, carries
 //! out the step they name, and reports.
 
+pub mod known;
 pub mod leader;
 pub mod plan;
 pub mod status;
@@ -17,13 +18,13 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt as _,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -34,6 +35,7 @@ use crate::{
     resource::{FINALIZER, ManagedBot, ManagedBotStatus},
     telegram::{self, BotToken, SetWebhook},
 };
+use known::Known;
 use plan::{Call, Facts, Input, RotationCause, SecretState, Settings, Step, TokenState};
 use webhook_secret::{Previous, WebhookSecret, secret_name};
 
@@ -58,6 +60,9 @@ pub enum Error {
     /// The plan did not settle (a bug).
     #[error("the reconcile did not settle after {0} steps")]
     NoProgress(usize),
+    /// A patch could not be built (a bug).
+    #[error("building a patch: {0}")]
+    Patch(String),
 }
 
 impl Error {
@@ -69,6 +74,7 @@ impl Error {
             Self::Random(_) => "random",
             Self::Finalizer(_) => "finalizer",
             Self::NoProgress(_) => "no_progress",
+            Self::Patch(_) => "patch",
         }
     }
 }
@@ -89,6 +95,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The bots of every watched namespace, for conflicts and token Secrets.
     pub stores: Vec<Store<ManagedBot>>,
+    /// The metadata of every Secret of the watched namespaces: their versions.
+    pub secrets: Vec<Store<PartialObjectMeta<Secret>>>,
+    known: Known,
     drift_checked: Mutex<HashMap<ObjectRef<ManagedBot>, Instant>>,
     telegram_not_before: Mutex<HashMap<i64, Instant>>,
     failures: Mutex<HashMap<ObjectRef<ManagedBot>, u32>>,
@@ -102,6 +111,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
         stores: Vec<Store<ManagedBot>>,
+        secrets: Vec<Store<PartialObjectMeta<Secret>>>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -117,6 +127,8 @@ impl Context {
             settings,
             metrics,
             stores,
+            secrets,
+            known: Known::default(),
             drift_checked: Mutex::default(),
             telegram_not_before: Mutex::default(),
             failures: Mutex::default(),
@@ -131,6 +143,15 @@ impl Context {
             }
             _ => (true, self.settings.resync_interval),
         }
+    }
+
+    /// The version of a Secret as the watch cache shows it; `None` when absent.
+    fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        let reference = ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(namespace);
+        self.secrets
+            .iter()
+            .find_map(|store| store.get(&reference))
+            .and_then(|secret| secret.resource_version())
     }
 
     fn mark_drift_checked(&self, key: &ObjectRef<ManagedBot>) {
@@ -226,21 +247,68 @@ pub async fn reconcile(bot: Arc<ManagedBot>, ctx: Arc<Context>) -> Result<Action
         // Conflicts are decided over every bot: wait for the first list.
         let _ = store.wait_until_ready().await;
     }
+    for store in &ctx.secrets {
+        let _ = store.wait_until_ready().await;
+    }
     let namespace = bot.namespace().unwrap_or_default();
     let api: Api<ManagedBot> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, bot.clone(), |event| async {
-        match event {
-            finalizer::Event::Apply(bot) => apply(bot, &ctx).await,
-            finalizer::Event::Cleanup(bot) => cleanup(bot, &ctx).await,
+    let adding =
+        bot.meta().deletion_timestamp.is_none() && !bot.finalizers().iter().any(|f| f == FINALIZER);
+    let result = if adding {
+        // kube's finalizer helper would stop after adding the finalizer and
+        // wait for the watch to bring the bot back; carrying on with the
+        // patched bot saves a round trip per new bot.
+        match add_finalizer(&api, &bot).await {
+            Ok(patched) => {
+                ctx.known.saw_bot(&patched);
+                apply(Arc::new(patched), &ctx).await
+            }
+            Err(error) => Err(error),
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else {
+        finalizer(&api, FINALIZER, bot.clone(), |event| async {
+            match event {
+                finalizer::Event::Apply(bot) => apply(bot, &ctx).await,
+                finalizer::Event::Cleanup(bot) => cleanup(bot, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    };
     ctx.metrics.reconciled(started, result.is_ok());
     if result.is_ok() {
         lock(&ctx.failures).remove(&ObjectRef::from_obj(&*bot));
+    } else {
+        // A failed step may have left things other than this controller knows.
+        ctx.known.forget(&ObjectRef::from_obj(&*bot));
     }
     result
+}
+
+/// Adds the finalizer, failing (to be retried) if the finalizers changed
+/// since `bot` was read, as kube's helper does; returns the patched bot.
+async fn add_finalizer(api: &Api<ManagedBot>, bot: &ManagedBot) -> Result<ManagedBot> {
+    let current = bot.finalizers();
+    let patch = if current.is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| Error::Patch(e.to_string()))?;
+    Ok(api
+        .patch(
+            &bot.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?)
 }
 
 /// Exponential backoff with jitter: 1 s, 2 s, 4 s … up to 5 min.
@@ -258,41 +326,67 @@ pub fn error_policy(bot: Arc<ManagedBot>, error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(base.mul_f64(jitter))
 }
 
+/// The bot's token, from what is known while its Secret is unchanged.
 async fn read_token(bot: &ManagedBot, ctx: &Context) -> Result<TokenState> {
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &bot.namespace().unwrap_or_default());
+    let key = ObjectRef::from_obj(bot);
+    let namespace = bot.namespace().unwrap_or_default();
     let reference = &bot.spec.token_secret_ref;
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(TokenState::SecretNotFound);
+    let cached = ctx.secret_version(&namespace, &reference.name);
+    if let Some(known) = ctx
+        .known
+        .token(&key, &reference.name, reference.key(), cached.as_deref())
+    {
+        return Ok(known);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets.get_opt(&reference.name).await?;
+    let version = secret.as_ref().and_then(|s| s.resource_version());
+    let state = match secret {
+        None => TokenState::SecretNotFound,
+        Some(secret) => match secret.data.as_ref().and_then(|d| d.get(reference.key())) {
+            None => TokenState::KeyNotFound,
+            Some(value) => match BotToken::parse(&String::from_utf8_lossy(&value.0)) {
+                Ok(token) => TokenState::Present(token),
+                Err(error) => TokenState::Malformed(error),
+            },
+        },
     };
-    let Some(value) = secret.data.as_ref().and_then(|d| d.get(reference.key())) else {
-        return Ok(TokenState::KeyNotFound);
-    };
-    let raw = String::from_utf8_lossy(&value.0);
-    Ok(match BotToken::parse(&raw) {
-        Ok(token) => TokenState::Present(token),
-        Err(error) => TokenState::Malformed(error),
-    })
+    ctx.known
+        .saw_token(&key, &reference.name, reference.key(), version, &state);
+    Ok(state)
 }
 
+/// The bot's webhook Secret and its version, from what is known while it is
+/// unchanged.
 async fn read_webhook_secret(
     bot: &ManagedBot,
     ctx: &Context,
 ) -> Result<(SecretState, Option<String>)> {
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &bot.namespace().unwrap_or_default());
-    Ok(
-        match secrets.get_opt(&secret_name(&bot.name_any())).await? {
-            None => (SecretState::Missing, None),
-            Some(secret) => {
-                let version = secret.resource_version();
-                match WebhookSecret::from_secret(&secret) {
-                    Ok(parsed) => (SecretState::Present(parsed), version),
-                    Err(error) => (SecretState::Invalid(error), version),
-                }
+    let key = ObjectRef::from_obj(bot);
+    let namespace = bot.namespace().unwrap_or_default();
+    let name = secret_name(&bot.name_any());
+    let cached = ctx.secret_version(&namespace, &name);
+    if let Some(known) = ctx.known.webhook(&key, cached.as_deref()) {
+        return Ok(known);
+    }
+    if cached.is_none() {
+        // Absent from the listed cache: it is created next, and should it
+        // exist after all, the create fails with 409 and reads it then.
+        return Ok((SecretState::Missing, None));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let (state, version) = match secrets.get_opt(&name).await? {
+        None => (SecretState::Missing, None),
+        Some(secret) => {
+            let version = secret.resource_version();
+            match WebhookSecret::from_secret(&secret) {
+                Ok(parsed) => (SecretState::Present(parsed), version),
+                Err(error) => (SecretState::Invalid(error), version),
             }
-        },
-    )
+        }
+    };
+    ctx.known.saw_webhook(&key, version.clone(), &state);
+    Ok((state, version))
 }
 
 /// One reconcile of a bot that is not being deleted: plan, act, repeat.
@@ -300,11 +394,19 @@ async fn apply(bot: Arc<ManagedBot>, ctx: &Context) -> Result<Action> {
     let key = ObjectRef::from_obj(&*bot);
     // The watch cache can lag behind this controller's own last writes (an
     // event for the owned Secret may arrive before the one for the status);
-    // deciding from a stale status would register twice. Reads are cheap.
-    let api: Api<ManagedBot> =
-        Api::namespaced(ctx.client.clone(), &bot.namespace().unwrap_or_default());
-    let Some(mut bot) = api.get_opt(&bot.name_any()).await? else {
-        return Ok(Action::await_change());
+    // deciding from a stale status would register twice. A cached bot at the
+    // version this controller last wrote or read is not stale in that way;
+    // any other is read afresh.
+    let mut bot = if ctx.known.bot_is_current(&bot) {
+        (*bot).clone()
+    } else {
+        let api: Api<ManagedBot> =
+            Api::namespaced(ctx.client.clone(), &bot.namespace().unwrap_or_default());
+        let Some(fresh) = api.get_opt(&bot.name_any()).await? else {
+            return Ok(Action::await_change());
+        };
+        ctx.known.saw_bot(&fresh);
+        fresh
     };
     let token = read_token(&bot, ctx).await?;
     if let TokenState::Present(token) = &token
@@ -338,6 +440,8 @@ async fn apply(bot: Arc<ManagedBot>, ctx: &Context) -> Result<Action> {
         let TokenState::Present(bot_token) = &token else {
             return finish(&bot, &input, next_drift_check, ctx).await;
         };
+        // What the steps below wrote is what the next reconcile will find.
+        ctx.known.saw_webhook(&key, version.clone(), &secret);
         match step {
             Step::Finish => return finish(&bot, &input, next_drift_check, ctx).await,
             Step::VerifyToken => match call(ctx, "getMe", ctx.telegram.get_me(bot_token)).await {
@@ -595,6 +699,7 @@ async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
+    ctx.known.saw_bot(&written);
     Ok(written.status.unwrap_or_default())
 }
 
@@ -790,29 +895,30 @@ pub async fn run(
     } else {
         options.namespaces.iter().cloned().map(Some).collect()
     };
+    let mut secret_stores = Vec::with_capacity(scopes.len());
     let controllers: Vec<Controller<ManagedBot>> = scopes
         .iter()
         .map(|scope| {
             let bots: Api<ManagedBot> = scoped(&client, scope.as_deref());
-            let owned: Api<Secret> = scoped(&client, scope.as_deref());
-            let tokens: Api<Secret> = scoped(&client, scope.as_deref());
-            let controller = Controller::new(bots, watcher::Config::default()).owns(
-                owned,
-                watcher::Config::default().labels("app.kubernetes.io/managed-by=managedbot"),
-            );
+            let controller = Controller::new(bots, watcher::Config::default());
             let store = controller.store();
+            // One watch of Secrets' metadata (never their data) serves three
+            // purposes: the owned webhook Secret reconciles its bot, a token
+            // Secret every bot that names it, and its versions tell a
+            // reconcile whether what it knows of a Secret still holds.
+            let (secrets, writer) = reflector::store();
+            secret_stores.push(secrets);
+            let secrets_metadata: Api<PartialObjectMeta<Secret>> = match scope {
+                Some(namespace) => Api::namespaced(client.clone(), namespace),
+                None => Api::all(client.clone()),
+            };
+            let secret_changes = watcher(secrets_metadata, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .touched_objects();
             controller
-                .watches(tokens, watcher::Config::default(), move |secret: Secret| {
-                    let namespace = secret.namespace();
-                    let name = secret.name_any();
-                    store
-                        .state()
-                        .into_iter()
-                        .filter(|bot| {
-                            bot.namespace() == namespace && bot.spec.token_secret_ref.name == name
-                        })
-                        .map(|bot| ObjectRef::from_obj(&*bot))
-                        .collect::<Vec<_>>()
+                .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
+                    bots_of_secret(&secret, &store.state())
                 })
                 .with_config(
                     kube::runtime::controller::Config::default().concurrency(options.concurrency),
@@ -827,6 +933,7 @@ pub async fn run(
         settings,
         metrics.clone(),
         stores,
+        secret_stores,
     ));
     metrics.set_ready(true);
     let runs = controllers.into_iter().map(|controller| {
@@ -839,6 +946,28 @@ pub async fn run(
             })
     });
     futures::future::join_all(runs).await;
+}
+
+/// The bots a change of `secret` concerns: the bot that owns it (its webhook
+/// Secret) and the bots that name it as their token Secret.
+fn bots_of_secret(
+    secret: &PartialObjectMeta<Secret>,
+    bots: &[Arc<ManagedBot>],
+) -> Vec<ObjectRef<ManagedBot>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    let owner = secret
+        .owner_references()
+        .iter()
+        .filter(|owner| {
+            owner.kind == "ManagedBot" && owner.api_version.starts_with("managedbot.dev/")
+        })
+        .map(|owner| ObjectRef::new(&owner.name).within(namespace.as_deref().unwrap_or_default()));
+    let users = bots
+        .iter()
+        .filter(|bot| bot.namespace() == namespace && bot.spec.token_secret_ref.name == name)
+        .map(|bot| ObjectRef::from_obj(&**bot));
+    owner.chain(users).collect()
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
