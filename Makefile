@@ -29,9 +29,8 @@ demo:
 	bash scripts/deps.sh
 	bash scripts/demo.sh
 
-## Benchmarks (minutes): the router against nginx and the bare backend; writes docs/benchmarks.md.
+## Every benchmark (20-30 minutes; see benches/run.py --help for one part); writes docs/benchmarks.md.
 bench:
 	bash scripts/deps.sh
 	bash scripts/bench-deps.sh
-	mkdir -p docs
-	python3 benches/router.py --out docs/benchmarks.md
+	python3 benches/run.py

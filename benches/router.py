@@ -325,30 +325,12 @@ def measure(args, bed, release, bin_dir, oha, nginx):
     return report(args, results, config, body)
 
 
-def machine():
-    """Cores, memory, kernel and the versions of what was measured."""
-    def run(*command):
-        try:
-            out = subprocess.run(command, capture_output=True, text=True)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "?"
-    with open("/proc/meminfo") as f:
-        memory_kib = int(f.readline().split()[1])
-    commit = run("git", "-C", ROOT, "rev-parse", "--short", "HEAD")
-    return (f"{os.cpu_count()} cores, {memory_kib / 1048576:.0f} GiB, Linux {os.uname().release}; "
-            f"managedbot {commit}, {run('rustc', '--version')}, {run('/usr/sbin/nginx', '-v')}, "
-            f"{run(shutil.which('oha') or os.path.expanduser('~/.cargo/bin/oha'), '--version')}")
-
-
 def report(args, results, config, body):
     def fmt(value, digits=2):
         return "–" if value is None else f"{value:.{digits}f}"
 
     lines = [
         "## The router against the bare backend (A) and nginx (C)",
-        "",
-        f"Machine: {machine()}.",
         "",
         f"{args.rounds} rounds, A B C in turn, medians; {args.duration} s per measurement, "
         f"{args.connections} connections, oha, a {len(body)}-byte update with the secret-token header.",
