@@ -900,13 +900,18 @@ pub async fn run(
         .iter()
         .map(|scope| {
             let bots: Api<ManagedBot> = scoped(&client, scope.as_deref());
-            let controller = Controller::new(bots, watcher::Config::default());
-            let store = controller.store();
+            // managedFields are most of a cached object's memory and of no use here.
+            let (store, writer) = reflector::store();
+            let bot_changes = watcher(bots, watcher::Config::default())
+                .modify(|bot: &mut ManagedBot| bot.managed_fields_mut().clear())
+                .reflect(writer)
+                .applied_objects();
+            let controller = Controller::for_stream(bot_changes, store.clone());
             // One watch of Secrets' metadata (never their data) serves three
             // purposes: the owned webhook Secret reconciles its bot, a token
             // Secret every bot that names it, and its versions tell a
             // reconcile whether what it knows of a Secret still holds.
-            let (secrets, writer) = reflector::store();
+            let (secrets, secrets_writer) = reflector::store();
             secret_stores.push(secrets);
             let secrets_metadata: Api<PartialObjectMeta<Secret>> = match scope {
                 Some(namespace) => Api::namespaced(client.clone(), namespace),
@@ -914,7 +919,10 @@ pub async fn run(
             };
             let secret_changes = watcher(secrets_metadata, watcher::Config::default())
                 .default_backoff()
-                .reflect(writer)
+                .modify(|secret: &mut PartialObjectMeta<Secret>| {
+                    secret.managed_fields_mut().clear()
+                })
+                .reflect(secrets_writer)
                 .touched_objects();
             controller
                 .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
