@@ -530,3 +530,186 @@ async fn two_hundred_bots_applied_at_once_all_become_ready() -> anyhow::Result<(
     assert_no_token_leaked(&env, &tokens, &[&controller]).await?;
     Ok(())
 }
+
+/// The calls the controller made for one bot between two instants.
+fn calls_between(
+    telegram: &FakeTelegram,
+    bot_id: i64,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> Vec<std::time::SystemTime> {
+    telegram
+        .calls()
+        .into_iter()
+        .filter(|c| c.bot_id == Some(bot_id) && c.at >= from && c.at < to)
+        .map(|c| c.at)
+        .collect()
+}
+
+#[tokio::test]
+async fn permanent_telegram_faults_cost_a_bounded_number_of_calls_then_converge()
+-> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(30);
+    let env = env_with_crd("flt-perm").await?;
+    let telegram = FakeTelegram::start().await?;
+    // Each bot meets one fault on every method, from its first call.
+    let faults = [
+        (
+            7201,
+            "limited",
+            FaultKind::TooManyRequests { retry_after: 5 },
+            "TelegramRateLimited",
+        ),
+        (
+            7202,
+            "erring",
+            FaultKind::ServerError(500),
+            "TelegramUnavailable",
+        ),
+        (
+            7203,
+            "gateway",
+            FaultKind::ServerError(502),
+            "TelegramUnavailable",
+        ),
+        (
+            7204,
+            "slow",
+            FaultKind::Delay(Duration::from_secs(3)),
+            "TelegramUnavailable",
+        ),
+    ];
+    let mut tokens = Vec::new();
+    let mut injected = Vec::new();
+    for (id, name, kind, _) in &faults {
+        let token = telegram.add_bot(*id, &format!("{name}_bot"));
+        injected.push(telegram.inject(fault(*id, None, kind.clone())));
+        apply_bot(&env, name, &token, serde_json::json!({})).await?;
+        tokens.push(token);
+    }
+    // Telegram unreachable: a controller whose Bot API address refuses connections.
+    let refusing = env_with_crd("flt-refused").await?;
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let unreachable = format!("http://{closed}");
+    let refused_token = telegram.add_bot(7205, "refused_bot");
+    tokens.push(refused_token.clone());
+    // The fake Telegram records a call when it answers: a call the client
+    // gave up on is counted by the controller's own metrics instead.
+    let main_metrics = free_port()?;
+    let main_metrics_flag = format!("--metrics-listen=127.0.0.1:{main_metrics}");
+    let controller = spawn_controller(
+        &env,
+        &telegram.url(),
+        &[
+            "--leader-elect=false",
+            "--telegram-timeout=1s",
+            &main_metrics_flag,
+        ],
+    )?;
+    let metrics_port = free_port()?;
+    let metrics = format!("--metrics-listen=127.0.0.1:{metrics_port}");
+    let refused_controller =
+        spawn_controller(&refusing, &unreachable, &["--leader-elect=false", &metrics])?;
+    apply_bot(&refusing, "refused", &refused_token, serde_json::json!({})).await?;
+
+    for (_, name, _, reason) in &faults {
+        bot_with_reason(&env, name, reason, Duration::from_secs(30)).await?;
+    }
+    bot_with_reason(
+        &refusing,
+        "refused",
+        "TelegramUnavailable",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    // Telegram calls a controller counted, of the lines that contain `filter`.
+    let counted = |port: u16, filter: &'static str| {
+        let http = http.clone();
+        async move {
+            let text = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            Ok::<_, anyhow::Error>(
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("managedbot_telegram_calls_total{") && l.contains(filter)
+                    })
+                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                    .sum::<f64>(),
+            )
+        }
+    };
+    let from = std::time::SystemTime::now();
+    let refused_before = counted(metrics_port, "").await?;
+    let timeouts_before = counted(main_metrics, "result=\"Timeout\"").await?;
+    tokio::time::sleep(WINDOW).await;
+    let to = std::time::SystemTime::now();
+    let refused_in_window = counted(metrics_port, "").await? - refused_before;
+    let timeouts_in_window = counted(main_metrics, "result=\"Timeout\"").await? - timeouts_before;
+
+    let per_minute = |calls: f64| calls * 60.0 / WINDOW.as_secs_f64();
+    for (id, name, _, _) in &faults {
+        let mut calls = calls_between(&telegram, *id, from, to);
+        if *name == "slow" {
+            // Its calls time out before the fake answers and records them.
+            assert!(calls.is_empty());
+            assert!(timeouts_in_window >= 1.0, "the slow bot was never retried");
+            calls = vec![from; timeouts_in_window as usize];
+        }
+        eprintln!(
+            "FIGURE: permanent fault {name}: {} calls in {}s ({:.0}/min)",
+            calls.len(),
+            WINDOW.as_secs(),
+            per_minute(calls.len() as f64)
+        );
+        // Backoff (1 s doubling, jittered) or retry_after (5 s) allow a handful.
+        assert!(
+            calls.len() <= 8,
+            "{name}: {} calls in {}s",
+            calls.len(),
+            WINDOW.as_secs()
+        );
+        if *name == "limited" {
+            for pair in calls.windows(2) {
+                let gap = pair[1].duration_since(pair[0]).unwrap_or_default();
+                assert!(
+                    gap >= Duration::from_millis(4900),
+                    "a call {gap:?} after retry_after=5"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "FIGURE: permanent fault refused: {refused_in_window} calls in {}s ({:.0}/min)",
+        WINDOW.as_secs(),
+        per_minute(refused_in_window)
+    );
+    assert!(
+        refused_in_window <= 8.0,
+        "{refused_in_window} calls to a refusing Telegram"
+    );
+
+    // The faults clear: every bot converges, within its current backoff.
+    let cleared = std::time::Instant::now();
+    for id in injected {
+        telegram.clear_fault(id);
+    }
+    let late_telegram = FakeTelegram::start_on(closed).await?;
+    late_telegram.add_bot_with_token(&refused_token, "refused_bot")?;
+    for (_, name, _, _) in &faults {
+        ready_bot(&env, name, Duration::from_secs(120)).await?;
+    }
+    ready_bot(&refusing, "refused", Duration::from_secs(120)).await?;
+    eprintln!(
+        "FIGURE: permanent faults cleared: all Ready {:.0}s later",
+        cleared.elapsed().as_secs_f64()
+    );
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    assert_no_token_leaked(&env, &tokens, &[&controller]).await?;
+    assert_no_token_leaked(&refusing, &tokens, &[&refused_controller]).await?;
+    Ok(())
+}

@@ -2393,3 +2393,108 @@ fn every_generated_start_converges_in_one_reconcile_and_stays_converged() {
         "{starts} starts, {registered_runs} registered"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Properties over random histories (proptest)
+// ---------------------------------------------------------------------------
+
+/// Something that happens to a bot between reconciles.
+#[derive(Debug, Clone)]
+enum Happening {
+    /// A person sets the rotate annotation (a few values, so repeats happen).
+    Annotate(u8),
+    /// The same, with rotate-now: no grace period.
+    AnnotateNow(u8),
+    /// Time passes.
+    Advance(u32),
+    /// The drift check comes due; Telegram's webhook may have been changed.
+    DriftCheck { changed_elsewhere: bool },
+    /// The spec changes (a new generation).
+    SpecChange(u8),
+    /// The controller crashes after this many steps of its next reconcile.
+    Crash(usize),
+}
+
+fn happening() -> impl proptest::strategy::Strategy<Value = Happening> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0u8..3).prop_map(Happening::Annotate),
+        (0u8..3).prop_map(Happening::AnnotateNow),
+        (1u32..(2 * 3600)).prop_map(Happening::Advance),
+        any::<bool>().prop_map(|changed_elsewhere| Happening::DriftCheck { changed_elsewhere }),
+        (1u8..100).prop_map(Happening::SpecChange),
+        (0usize..6).prop_map(Happening::Crash),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Over any history: a pair is generated only for a requested rotation
+    /// (so never more than one more than the annotation's changes), a
+    /// previous pair always expires, a converged bot yields no action and a
+    /// second reconcile writes nothing, and a desired state is registered
+    /// with at most one setWebhook.
+    #[test]
+    fn random_histories_keep_the_decision_invariants(history in proptest::collection::vec(happening(), 1..30)) {
+        let mut w = World::with_bot(bot(json!({"rotation": {"gracePeriod": "10m"}})));
+        w.reconcile();
+        // Each change of the annotation's value asks for one rotation.
+        let mut requested = 0usize;
+        for happening in &history {
+            let mut crash_after = usize::MAX;
+            match happening {
+                Happening::Annotate(n) | Happening::AnnotateNow(n) => {
+                    let value = format!("r{n}");
+                    if rotate_annotation(&w.bot) != Some(value.as_str()) {
+                        requested += 1;
+                    }
+                    annotate(&mut w.bot, &value);
+                    let annotations = w.bot.metadata.annotations.get_or_insert_default();
+                    if matches!(happening, Happening::AnnotateNow(_)) {
+                        annotations.insert(ROTATE_NOW_ANNOTATION.into(), value.clone());
+                    } else {
+                        annotations.remove(ROTATE_NOW_ANNOTATION);
+                    }
+                }
+                Happening::Advance(seconds) => w.now += SignedDuration::from_secs(i64::from(*seconds)),
+                Happening::DriftCheck { changed_elsewhere } => {
+                    w.drift_check_due = true;
+                    if *changed_elsewhere {
+                        w.telegram_url = "https://elsewhere.example.org/hook".into();
+                    }
+                }
+                Happening::SpecChange(max_connections) => {
+                    w.bot.spec.webhook.max_connections = Some(i32::from(*max_connections));
+                    w.bot.metadata.generation = w.bot.metadata.generation.map(|g| g + 1);
+                }
+                Happening::Crash(after) => crash_after = *after,
+            }
+            let steps = w.reconcile_until(crash_after);
+            let registers = steps.iter().filter(|s| **s == Step::Register).count();
+            proptest::prop_assert!(registers <= 1, "{steps:?}");
+            proptest::prop_assert!(
+                w.generated as usize <= 1 + requested,
+                "{} pairs generated for {} requested rotations: {history:?}",
+                w.generated,
+                requested
+            );
+        }
+        // Whatever happened, one reconcile converges…
+        w.drift_check_due = false;
+        let steps = w.reconcile();
+        proptest::prop_assert!(steps.iter().filter(|s| **s == Step::Register).count() <= 1);
+        proptest::prop_assert_eq!(w.telegram_url.clone(), w.url(), "registered: {:?}", steps);
+        // …after which nothing is left to do and nothing is written.
+        let status = w.bot.status.clone();
+        proptest::prop_assert_eq!(w.reconcile(), vec![Step::Finish]);
+        proptest::prop_assert_eq!(&w.bot.status, &status);
+        // A previous pair expires when its grace period is over.
+        if let Some(expires_at) = w.secret().previous.as_ref().map(|p| p.expires_at) {
+            w.now = expires_at;
+            w.reconcile();
+            proptest::prop_assert!(w.secret().previous.is_none());
+            proptest::prop_assert!(w.status().routing.as_ref().is_some_and(|r| r.previous.is_none()));
+        }
+    }
+}
