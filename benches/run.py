@@ -59,6 +59,27 @@ def route_table(out_dir):
     return "\n".join(lines)
 
 
+HEADINGS = {"router": "## The router", "table": "## The route table", "controller": "## The controller"}
+
+
+def merged(path, parts, sections):
+    """The sections just measured, with the other parts' sections of the
+    existing report kept (a rerun of one part keeps the rest)."""
+    fresh = dict(zip([p for p in PARTS if p in parts], sections))
+    old = {}
+    try:
+        text = open(path).read()
+    except OSError:
+        text = ""
+    chunks = text.split("\n## ")
+    for chunk in chunks[1:]:
+        chunk = "## " + chunk
+        for part, heading in HEADINGS.items():
+            if chunk.startswith(heading):
+                old[part] = chunk
+    return [fresh.get(part) or old[part] for part in PARTS if part in fresh or part in old]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run")
@@ -104,7 +125,7 @@ def main():
         "",
     ])
     with open(args.out, "w") as f:
-        f.write(header + "\n" + "\n".join(s.rstrip() + "\n" for s in sections))
+        f.write(header + "\n" + "\n".join(s.rstrip() + "\n" for s in merged(args.out, parts, sections)))
     progress(f"wrote {args.out}")
 
 

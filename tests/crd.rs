@@ -269,6 +269,108 @@ fn invalid_manifests() -> Vec<Invalid> {
             json!({"interval": "2h", "gracePeriod": "3h"}),
             &["spec.rotation", "gracePeriod must be shorter than interval"],
         ),
+        case(
+            "fragment in baseUrl",
+            "/spec/webhook/baseUrl",
+            json!("https://bots.example.com/#hook"),
+            &[
+                "spec.webhook.baseUrl",
+                "must not carry a query or a fragment",
+            ],
+        ),
+        case(
+            "baseUrl without a host",
+            "/spec/webhook/baseUrl",
+            json!("https://:443/hook"),
+            &["spec.webhook.baseUrl"],
+        ),
+        case(
+            "baseUrl too long",
+            "/spec/webhook/baseUrl",
+            json!(format!("https://bots.example.com/{}", "a".repeat(600))),
+            &["spec.webhook.baseUrl", "Too long"],
+        ),
+        case(
+            "maxConnections as text",
+            "/spec/webhook/maxConnections",
+            json!("forty"),
+            &["spec.webhook.maxConnections", "integer"],
+        ),
+        case(
+            "dropPendingUpdates as text",
+            "/spec/webhook/dropPendingUpdates",
+            json!("yes"),
+            &["spec.webhook.dropPendingUpdates", "boolean"],
+        ),
+        case(
+            "suspend as text",
+            "/spec/suspend",
+            json!("please"),
+            &["spec.suspend", "boolean"],
+        ),
+        case(
+            "too many update types",
+            "/spec/webhook/allowedUpdates",
+            json!(vec!["message"; 65]),
+            &["spec.webhook.allowedUpdates", "must have at most 64 items"],
+        ),
+        case(
+            "backend url without a host",
+            "/spec/backend/url",
+            json!("http:///hooks"),
+            &[
+                "spec.backend.url",
+                "must be an http:// or https:// URL with a host",
+            ],
+        ),
+        case(
+            "service port 65536",
+            "/spec/backend/service/port",
+            json!(65536),
+            &["spec.backend.service.port", "less than or equal to 65535"],
+        ),
+        case(
+            "service without a name",
+            "/spec/backend/service/name",
+            json!(""),
+            &["spec.backend.service.name"],
+        ),
+        case(
+            "backend path with a query",
+            "/spec/backend/path",
+            json!("/telegram?x=1"),
+            &["spec.backend.path", "should match"],
+        ),
+        case(
+            "token Secret without a name",
+            "/spec/tokenSecretRef/name",
+            json!(""),
+            &["spec.tokenSecretRef.name"],
+        ),
+        case(
+            "empty token key",
+            "/spec/tokenSecretRef/key",
+            json!(""),
+            &["spec.tokenSecretRef.key"],
+        ),
+        case(
+            "negative grace period",
+            "/spec/rotation/gracePeriod",
+            json!("-5m"),
+            &["spec.rotation.gracePeriod", "should match"],
+        ),
+        case(
+            "misspelled field",
+            "/spec/webhok",
+            json!({"baseUrl": "https://bots.example.com"}),
+            &["spec.webhok", "unknown field"],
+        ),
+        case(
+            "bot name not a DNS name",
+            "/metadata/name",
+            json!("Support_Bot"),
+            &["metadata.name", "Invalid value"],
+        ),
     ]
 }
 

@@ -797,3 +797,113 @@ async fn a_path_prefix_routes_only_under_it() {
     );
     router.shutdown().await;
 }
+
+/// One arbitrary request: method, path, secret-token headers, body.
+#[derive(Debug, Clone)]
+struct AnyRequest {
+    method: String,
+    path: String,
+    tokens: Vec<String>,
+    body: Vec<u8>,
+}
+
+fn arbitrary_request() -> impl proptest::strategy::Strategy<Value = AnyRequest> {
+    use proptest::prelude::*;
+    let method = prop_oneof![
+        4 => Just("POST".to_string()),
+        1 => prop::sample::select(vec!["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "BREW"]).prop_map(str::to_string),
+    ];
+    // Printable ASCII without space: what can stand in a request line.
+    let segment = "[!-~&&[^ ]]{0,80}";
+    let path = prop_oneof![
+        3 => Just(format!("/webhook/{PATH}")),
+        2 => segment.prop_map(|s| format!("/webhook/{s}")),
+        1 => segment.prop_map(|s| format!("/{s}")),
+        1 => Just(format!("/webhook/{PATH}/..")),
+        1 => Just(format!("/webhook/%{}", &PATH[1..])),
+    ];
+    let token = prop_oneof![
+        3 => Just(TOKEN.to_string()),
+        1 => "[!-~]{0,300}",
+        1 => Just(format!("{TOKEN} ")),
+    ];
+    let tokens = prop::collection::vec(token, 0..3);
+    let body = prop_oneof![
+        3 => prop::collection::vec(any::<u8>(), 0..512),
+        1 => prop::collection::vec(any::<u8>(), 1025..4096),
+    ];
+    (method, path, tokens, body).prop_map(|(method, path, tokens, body)| AnyRequest {
+        method,
+        path,
+        tokens,
+        body,
+    })
+}
+
+#[test]
+fn arbitrary_requests_get_a_bare_answer_and_only_a_valid_pair_is_forwarded() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (router, backend) = runtime.block_on(async {
+        let backend = Backend::start().await.unwrap();
+        let router = Router::start(
+            &[bot("ns", "a", PATH, TOKEN, port_of(&backend))],
+            Limits {
+                max_body_bytes: 1024,
+                ..limits()
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        (router, backend)
+    });
+    let bodies: Vec<&str> = [
+        "bad request\n",
+        "not found\n",
+        "unauthorized\n",
+        "method not allowed\n",
+        "payload too large\n",
+    ]
+    .into();
+    let mut runner =
+        proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(300));
+    runner
+        .run(&arbitrary_request(), |request| {
+            let forwarded_before = backend.received().len();
+            let mut raw_request = format!(
+                "{} {} HTTP/1.1\r\nhost: router\r\nconnection: close\r\n",
+                request.method, request.path
+            );
+            for token in &request.tokens {
+                raw_request.push_str(&format!("{SECRET_TOKEN_HEADER}: {token}\r\n"));
+            }
+            raw_request.push_str(&format!("content-length: {}\r\n\r\n", request.body.len()));
+            let mut bytes = raw_request.into_bytes();
+            bytes.extend_from_slice(&request.body);
+            let answer = runtime.block_on(raw(router.addr, &bytes, Duration::from_secs(5)));
+            let status: u16 = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let valid = request.method == "POST"
+                && request.path == format!("/webhook/{PATH}")
+                // Whitespace around a header value is not part of it (RFC 9110, 5.5).
+                && request.tokens.len() == 1
+                && request.tokens[0].trim_matches([' ', '\t']) == TOKEN
+                && request.body.len() <= 1024;
+            let forwarded = backend.received().len() - forwarded_before;
+            if valid {
+                proptest::prop_assert_eq!((status, forwarded), (200, 1), "{}", answer);
+            } else {
+                proptest::prop_assert!(
+                    matches!(status, 400 | 401 | 404 | 405 | 413),
+                    "{status} for {request:?}: {answer}"
+                );
+                proptest::prop_assert_eq!(forwarded, 0, "forwarded without a valid pair");
+                proptest::prop_assert!(
+                    body.is_empty() || bodies.contains(&body),
+                    "an answer with detail: {body:?}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    runtime.block_on(router.shutdown());
+}
