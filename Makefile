@@ -10,9 +10,10 @@ test: lint
 	cargo test --workspace --locked
 
 lint:
-	bash scripts/deps.sh
+	bash scripts/deps.sh --lint
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo deny --locked check licenses bans sources
 
 ## Build (once) the pinned etcd, kube-apiserver, kube-controller-manager and kubectl.
 controlplane:
