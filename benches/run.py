@@ -38,7 +38,6 @@ def machine():
         memory_kib = int(f.readline().split()[1])
     oha = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
     return (f"{os.cpu_count()} cores, {memory_kib / 1048576:.0f} GiB, Linux {os.uname().release}; "
-            f"managedbot {first_line('git', '-C', ROOT, 'rev-parse', '--short', 'HEAD')}, "
             f"{first_line('rustc', '--version')}, {first_line('/usr/sbin/nginx', '-v')}, "
             f"{first_line(oha, '--version')}, Kubernetes v1.37.2 and etcd v3.7.0 (tests/controlplane)")
 
@@ -114,7 +113,8 @@ def main():
     header = "\n".join([
         "# Benchmarks",
         "",
-        f"Written by `make bench` on {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}.",
+        f"Written by `make bench`. Machine: {machine()}. Each part says when and at which commit it",
+        "was measured.",
         "",
         "These machines are shared and noisy: absolute figures drift from run to run, the ratios",
         "measured within one run hold. No figure here is asserted by the test suite.",
@@ -124,8 +124,12 @@ def main():
         "part's knobs, and `python3 benches/router.py --hold` keeps the router's bed up for profiling.",
         "",
     ])
+    stamp = f"_Measured at managedbot {first_line('git', '-C', ROOT, 'rev-parse', '--short', 'HEAD')}, {started:%Y-%m-%d %H:%M} UTC._\n"
+    sections = [section.rstrip() + "\n\n" + stamp for section in sections]
+    # Read before the file is opened for writing, which empties it.
+    report = header + "\n" + "\n".join(s.rstrip() + "\n" for s in merged(args.out, parts, sections))
     with open(args.out, "w") as f:
-        f.write(header + "\n" + "\n".join(s.rstrip() + "\n" for s in merged(args.out, parts, sections)))
+        f.write(report)
     progress(f"wrote {args.out}")
 
 

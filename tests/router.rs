@@ -334,6 +334,14 @@ async fn a_rotation_under_steady_deliveries_delivers_every_update_exactly_once()
     Ok(())
 }
 
+async fn set_suspend(env: &testbed::TestEnv, bot: &str, suspend: bool) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"suspend": suspend}}).to_string();
+    env.kubectl_run(&["patch", "mbot", bot, "--type=merge", "-p", &patch], None)
+        .await?
+        .ok()?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn suspend_and_delete_take_the_route_away() -> anyhow::Result<()> {
     let env = env_with_crd("rt-gone").await?;
@@ -364,19 +372,7 @@ async fn suspend_and_delete_take_the_route_away() -> anyhow::Result<()> {
     };
     eventually(Duration::from_secs(1), "the route", routed(StatusCode::OK)).await?;
 
-    env.kubectl_run(
-        &[
-            "patch",
-            "mbot",
-            "gone",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":true}}"#,
-        ],
-        None,
-    )
-    .await?
-    .ok()?;
+    set_suspend(&env, "gone", true).await?;
     let patched = Instant::now();
     eventually(
         Duration::from_secs(1),
@@ -390,19 +386,7 @@ async fn suspend_and_delete_take_the_route_away() -> anyhow::Result<()> {
     );
     bot_with_reason(&env, "gone", "Suspended", Duration::from_secs(30)).await?;
 
-    env.kubectl_run(
-        &[
-            "patch",
-            "mbot",
-            "gone",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":false}}"#,
-        ],
-        None,
-    )
-    .await?
-    .ok()?;
+    set_suspend(&env, "gone", false).await?;
     ready_bot(&env, "gone", Duration::from_secs(30)).await?;
     assert_eq!(
         pair(&env, "gone").await?.0,
