@@ -97,6 +97,11 @@ pub struct Context {
     pub stores: Vec<Store<ManagedBot>>,
     /// The metadata of every Secret of the watched namespaces: their versions.
     pub secrets: Vec<Store<PartialObjectMeta<Secret>>>,
+    /// How many of the caches (`expected_caches` in all) have been listed.
+    /// Not `Store::wait_until_ready`: kube-runtime 5 wakes only the last of
+    /// several tasks waiting on one store, and leaves the others waiting.
+    listed: tokio::sync::watch::Receiver<usize>,
+    expected_caches: usize,
     known: Known,
     drift_checked: Mutex<HashMap<ObjectRef<ManagedBot>, Instant>>,
     telegram_not_before: Mutex<HashMap<i64, Instant>>,
@@ -112,6 +117,7 @@ impl Context {
         metrics: Arc<Metrics>,
         stores: Vec<Store<ManagedBot>>,
         secrets: Vec<Store<PartialObjectMeta<Secret>>>,
+        listed: tokio::sync::watch::Receiver<usize>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -126,8 +132,10 @@ impl Context {
             recorder,
             settings,
             metrics,
+            expected_caches: stores.len() + secrets.len(),
             stores,
             secrets,
+            listed,
             known: Known::default(),
             drift_checked: Mutex::default(),
             telegram_not_before: Mutex::default(),
@@ -143,6 +151,12 @@ impl Context {
             }
             _ => (true, self.settings.resync_interval),
         }
+    }
+
+    /// Returns once every cache has been listed.
+    async fn caches_listed(&self) {
+        let mut listed = self.listed.clone();
+        let _ = listed.wait_for(|n| *n >= self.expected_caches).await;
     }
 
     /// The version of a Secret as the watch cache shows it; `None` when absent.
@@ -243,13 +257,9 @@ fn now() -> Timestamp {
 /// Reconciles one bot.
 pub async fn reconcile(bot: Arc<ManagedBot>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    for store in &ctx.stores {
-        // Conflicts are decided over every bot: wait for the first list.
-        let _ = store.wait_until_ready().await;
-    }
-    for store in &ctx.secrets {
-        let _ = store.wait_until_ready().await;
-    }
+    // Conflicts are decided over every bot, Secrets by their cached
+    // versions: wait for every first list.
+    ctx.caches_listed().await;
     let namespace = bot.namespace().unwrap_or_default();
     let api: Api<ManagedBot> = Api::namespaced(ctx.client.clone(), &namespace);
     let adding =
@@ -280,6 +290,9 @@ pub async fn reconcile(bot: Arc<ManagedBot>, ctx: Arc<Context>) -> Result<Action
         lock(&ctx.failures).remove(&ObjectRef::from_obj(&*bot));
     } else {
         // A failed step may have left things other than this controller knows.
+        ctx.known.forget(&ObjectRef::from_obj(&*bot));
+    }
+    if bot.meta().deletion_timestamp.is_some() {
         ctx.known.forget(&ObjectRef::from_obj(&*bot));
     }
     result
@@ -896,6 +909,7 @@ pub async fn run(
         options.namespaces.iter().cloned().map(Some).collect()
     };
     let mut secret_stores = Vec::with_capacity(scopes.len());
+    let (listed, listed_rx) = tokio::sync::watch::channel(0usize);
     let controllers: Vec<Controller<ManagedBot>> = scopes
         .iter()
         .map(|scope| {
@@ -905,6 +919,7 @@ pub async fn run(
             let bot_changes = watcher(bots, watcher::Config::default())
                 .modify(|bot: &mut ManagedBot| bot.managed_fields_mut().clear())
                 .reflect(writer)
+                .inspect(first_list_counted(&listed))
                 .applied_objects();
             let controller = Controller::for_stream(bot_changes, store.clone());
             // One watch of Secrets' metadata (never their data) serves three
@@ -923,6 +938,7 @@ pub async fn run(
                     secret.managed_fields_mut().clear()
                 })
                 .reflect(secrets_writer)
+                .inspect(first_list_counted(&listed))
                 .touched_objects();
             controller
                 .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
@@ -942,6 +958,7 @@ pub async fn run(
         metrics.clone(),
         stores,
         secret_stores,
+        listed_rx,
     ));
     metrics.set_ready(true);
     let runs = controllers.into_iter().map(|controller| {
@@ -954,6 +971,20 @@ pub async fn run(
             })
     });
     futures::future::join_all(runs).await;
+}
+
+/// Counts a watch's first complete list (its store is then ready) once.
+fn first_list_counted<K>(
+    listed: &tokio::sync::watch::Sender<usize>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+    let listed = listed.clone();
+    let mut counted = false;
+    move |event| {
+        if !counted && matches!(event, Ok(watcher::Event::InitDone)) {
+            counted = true;
+            listed.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 /// The bots a change of `secret` concerns: the bot that owns it (its webhook
