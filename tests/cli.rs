@@ -132,6 +132,21 @@ async fn url_status_and_rotate_of_a_ready_bot() -> anyhow::Result<()> {
     assert!(secret_value(&secret, "previous-webhook-secret").is_none());
     assert_eq!(telegram.webhook(9101).unwrap().url, third_url);
 
+    // Several at once: one line per bot, namespace/name and URL.
+    let token2 = telegram.add_bot(9102, "cli2_bot");
+    apply_bot(&env, "cli2", &token2, serde_json::json!({})).await?;
+    ready_bot(&env, "cli2", Duration::from_secs(30)).await?;
+    let both = managedbot(&env, &["rotate", "cli", "cli2"]).await?;
+    assert_eq!(both.code, 0, "{both:?}");
+    let lines: Vec<&str> = both.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", both.stdout);
+    for (line, bot) in lines.iter().zip(["cli", "cli2"]) {
+        let url = status_of(&env, bot).await?.webhook_url.unwrap();
+        assert_eq!(*line, format!("{}/{bot}\t{url}", env.namespace));
+    }
+    let before_no_wait = status_of(&env, "cli").await?.webhook_url.unwrap();
+    assert_ne!(before_no_wait, third_url);
+
     // `--no-wait` asks and returns; the rotation still lands.
     let asked = managedbot(&env, &["rotate", "--all", "--no-wait"]).await?;
     assert_eq!((asked.code, asked.stdout.as_str()), (0, ""), "{asked:?}");
@@ -140,14 +155,16 @@ async fn url_status_and_rotate_of_a_ready_bot() -> anyhow::Result<()> {
         "the --no-wait rotation",
         || async {
             let url = status_of(&env, "cli").await?.webhook_url;
-            Ok((url.as_deref() != Some(third_url.as_str())).then_some(()))
+            Ok((url.as_deref() != Some(before_no_wait.as_str())).then_some(()))
         },
     )
     .await?;
-    assert_no_token_leaked(&env, &[&token], &[&controller]).await?;
-    for ran in [&url, &status, &rotated, &leaked, &asked] {
-        assert!(!ran.stdout.contains(token.split_once(':').unwrap().1));
-        assert!(!ran.stderr.contains(token.split_once(':').unwrap().1));
+    assert_no_token_leaked(&env, &[&token, &token2], &[&controller]).await?;
+    for ran in [&url, &status, &rotated, &leaked, &both, &asked] {
+        for token in [&token, &token2] {
+            assert!(!ran.stdout.contains(token.split_once(':').unwrap().1));
+            assert!(!ran.stderr.contains(token.split_once(':').unwrap().1));
+        }
     }
     Ok(())
 }

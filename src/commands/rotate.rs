@@ -149,8 +149,27 @@ async fn wait(
     loop {
         let mut done = Vec::new();
         let mut waiting = Vec::new();
+        // Several bots: one list a round instead of a read per bot.
+        let listed: Option<std::collections::HashMap<String, ManagedBot>> = if names.len() > 1 {
+            let list = scope
+                .bots()
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| scope.explain(e, "list", "ManagedBots"))?;
+            Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|b| Some((b.metadata.name.clone()?, b)))
+                    .collect(),
+            )
+        } else {
+            None
+        };
         for name in names {
-            let bot = scope.bot(name).await?;
+            let bot = match listed.as_ref().and_then(|l| l.get(name)) {
+                Some(bot) => bot.clone(),
+                None => scope.bot(name).await?,
+            };
             if landed(&bot, value) {
                 done.push(BotUrl::of(&bot)?);
             } else {
