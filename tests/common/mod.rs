@@ -234,7 +234,10 @@ pub fn spawn(
         .arg(subcommand)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,managedbot=debug")
+        .env(
+            "RUST_LOG",
+            std::env::var("MANAGEDBOT_TEST_RUST_LOG").unwrap_or("info,managedbot=debug".into()),
+        )
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
