@@ -4,10 +4,7 @@
 //! have become ManagedBot manifests, printed for GitOps or applied, and once
 //! applied each bot's webhook URL is listed when it is registered.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,7 +14,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{FIELD_MANAGER, Failure, Format, Scope, not_ready_because, show::BotUrl};
+use super::{FIELD_MANAGER, Failure, Format, Scope, not_ready_because, wait_for};
 use crate::{
     resource::{DEFAULT_TOKEN_KEY, ManagedBot},
     telegram::BotToken,
@@ -284,7 +281,24 @@ pub async fn run(args: AdoptArgs) -> anyhow::Result<()> {
         eprintln!("{}/{name}: applied", scope.namespace);
         names.push(name);
     }
-    let urls = wait_ready(&scope, &names, args.timeout).await?;
+    let waited = wait_for(&scope, &names, args.timeout, |bot| {
+        not_ready_because(bot).is_none()
+    })
+    .await?;
+    if !waited.waiting.is_empty() {
+        for url in &waited.done {
+            println!("{}\t{}", url.name, url.webhook_url);
+        }
+        return Err(Failure::NotReady(format!(
+            "{} of {} bots not Ready after {}s: {}",
+            waited.waiting.len(),
+            names.len(),
+            args.timeout.as_secs(),
+            waited.waiting.join("; ")
+        ))
+        .into());
+    }
+    let urls = waited.done;
     match args.output {
         Some(format) => print!("{}", format.render(&urls)?),
         None => {
@@ -316,54 +330,6 @@ pub fn render_manifests(
             out
         }
     })
-}
-
-async fn wait_ready(
-    scope: &Scope,
-    names: &[String],
-    timeout: Duration,
-) -> anyhow::Result<Vec<BotUrl>> {
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    loop {
-        let mut ready = BTreeMap::new();
-        let mut waiting = Vec::new();
-        for name in names {
-            let bot = scope.bot(name).await?;
-            match not_ready_because(&bot) {
-                None => {
-                    ready.insert(name.clone(), BotUrl::of(&bot)?);
-                }
-                Some(why) => waiting.push(format!("{name}: {why}")),
-            }
-        }
-        if waiting.is_empty() {
-            return Ok(ready.into_values().collect());
-        }
-        if started.elapsed() >= timeout {
-            for url in ready.values() {
-                println!("{}\t{}", url.name, url.webhook_url);
-            }
-            return Err(Failure::NotReady(format!(
-                "{} of {} bots not Ready after {}s: {}",
-                waiting.len(),
-                names.len(),
-                timeout.as_secs(),
-                waiting.join("; ")
-            ))
-            .into());
-        }
-        if last_report.elapsed() >= Duration::from_secs(3) {
-            eprintln!(
-                "waiting {}s: {} of {} bots Ready",
-                started.elapsed().as_secs(),
-                ready.len(),
-                names.len()
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,14 @@ pub mod adopt;
 pub mod rotate;
 pub mod show;
 
-use std::fmt;
+use std::{
+    collections::HashMap,
+    fmt,
+    time::{Duration, Instant},
+};
 
 use clap::ValueEnum;
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, api::ListParams};
 
 use crate::resource::ManagedBot;
 
@@ -152,5 +156,75 @@ pub fn not_ready_because(bot: &ManagedBot) -> Option<String> {
         Some(("True", _, _)) => None,
         Some((status, reason, message)) => Some(format!("Ready={status} {reason}: {message}")),
         None => Some("not reconciled yet (is the controller running?)".into()),
+    }
+}
+
+/// Where a wait for several bots ended: the URLs of those done, and why
+/// each other one is not (empty when all are done).
+pub struct Waited {
+    /// The bots done, in the order asked for.
+    pub done: Vec<show::BotUrl>,
+    /// `namespace/name: why` for each bot not done when the time ran out.
+    pub waiting: Vec<String>,
+}
+
+/// Polls the bots `names` until `done` holds for each or `timeout` passes,
+/// saying every few seconds which are still waited for. Several bots cost
+/// one list a round, not a read each.
+pub async fn wait_for(
+    scope: &Scope,
+    names: &[String],
+    timeout: Duration,
+    done: impl Fn(&ManagedBot) -> bool,
+) -> anyhow::Result<Waited> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let listed: Option<HashMap<String, ManagedBot>> = if names.len() > 1 {
+            let list = scope
+                .bots()
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| scope.explain(e, "list", "ManagedBots"))?;
+            Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|b| Some((b.metadata.name.clone()?, b)))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let mut waited = Waited {
+            done: Vec::new(),
+            waiting: Vec::new(),
+        };
+        for name in names {
+            let bot = match listed.as_ref().and_then(|l| l.get(name)) {
+                Some(bot) => bot.clone(),
+                None => scope.bot(name).await?,
+            };
+            if done(&bot) {
+                waited.done.push(show::BotUrl::of(&bot)?);
+            } else {
+                let why = not_ready_because(&bot)
+                    .unwrap_or_else(|| "the controller has not acted on it yet".into());
+                waited.waiting.push(format!("{}: {why}", Key(&bot)));
+            }
+        }
+        if waited.waiting.is_empty() || started.elapsed() >= timeout {
+            return Ok(waited);
+        }
+        if last_report.elapsed() >= Duration::from_secs(3) {
+            eprintln!(
+                "waiting {}s for {} of {} bots: {}",
+                started.elapsed().as_secs(),
+                waited.waiting.len(),
+                names.len(),
+                waited.waiting.join("; ")
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

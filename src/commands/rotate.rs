@@ -2,13 +2,13 @@
 //! rollout restart` asks for new pods, by stamping an annotation, then waits
 //! for the controller to register it and prints the new URL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 
-use super::{FIELD_MANAGER, Failure, Format, Key, Scope, not_ready_because, show::BotUrl};
+use super::{FIELD_MANAGER, Failure, Format, Scope, not_ready_because, wait_for};
 use crate::resource::{ManagedBot, ROTATE_ANNOTATION, ROTATE_NOW_ANNOTATION};
 
 /// Options of `managedbot rotate`.
@@ -120,7 +120,16 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
     if args.no_wait {
         return Ok(());
     }
-    let urls = wait(&scope, &names, &value, args.timeout).await?;
+    let waited = wait_for(&scope, &names, args.timeout, |bot| landed(bot, &value)).await?;
+    if !waited.waiting.is_empty() {
+        return Err(Failure::NotReady(format!(
+            "the rotation did not land within {}s: {}",
+            args.timeout.as_secs(),
+            waited.waiting.join("; ")
+        ))
+        .into());
+    }
+    let urls = waited.done;
     match args.output {
         Some(format) => print!("{}", format.render(&urls)?),
         None => {
@@ -134,73 +143,6 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Polls until every bot's rotation `value` has landed, printing a line
-/// about the ones still waiting every few seconds.
-async fn wait(
-    scope: &Scope,
-    names: &[String],
-    value: &str,
-    timeout: Duration,
-) -> anyhow::Result<Vec<BotUrl>> {
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    loop {
-        let mut done = Vec::new();
-        let mut waiting = Vec::new();
-        // Several bots: one list a round instead of a read per bot.
-        let listed: Option<std::collections::HashMap<String, ManagedBot>> = if names.len() > 1 {
-            let list = scope
-                .bots()
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| scope.explain(e, "list", "ManagedBots"))?;
-            Some(
-                list.items
-                    .into_iter()
-                    .filter_map(|b| Some((b.metadata.name.clone()?, b)))
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        for name in names {
-            let bot = match listed.as_ref().and_then(|l| l.get(name)) {
-                Some(bot) => bot.clone(),
-                None => scope.bot(name).await?,
-            };
-            if landed(&bot, value) {
-                done.push(BotUrl::of(&bot)?);
-            } else {
-                let why = not_ready_because(&bot)
-                    .unwrap_or_else(|| "the controller has not acted on it yet".into());
-                waiting.push(format!("{}: {why}", Key(&bot)));
-            }
-        }
-        if waiting.is_empty() {
-            return Ok(done);
-        }
-        if started.elapsed() >= timeout {
-            return Err(Failure::NotReady(format!(
-                "the rotation did not land within {}s: {}",
-                timeout.as_secs(),
-                waiting.join("; ")
-            ))
-            .into());
-        }
-        if last_report.elapsed() >= Duration::from_secs(3) {
-            eprintln!(
-                "waiting {}s for {} of {} bots: {}",
-                started.elapsed().as_secs(),
-                waiting.len(),
-                names.len(),
-                waiting.join("; ")
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]
