@@ -288,11 +288,10 @@ pub async fn reconcile(bot: Arc<ManagedBot>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.reconciled(started, result.is_ok());
     if result.is_ok() {
         lock(&ctx.failures).remove(&ObjectRef::from_obj(&*bot));
-    } else {
-        // A failed step may have left things other than this controller knows.
-        ctx.known.forget(&ObjectRef::from_obj(&*bot));
     }
-    if bot.meta().deletion_timestamp.is_some() {
+    // A failed step may have left things other than this controller knows;
+    // a deleted bot needs nothing known.
+    if result.is_err() || bot.meta().deletion_timestamp.is_some() {
         ctx.known.forget(&ObjectRef::from_obj(&*bot));
     }
     result
@@ -928,10 +927,8 @@ pub async fn run(
             // reconcile whether what it knows of a Secret still holds.
             let (secrets, secrets_writer) = reflector::store();
             secret_stores.push(secrets);
-            let secrets_metadata: Api<PartialObjectMeta<Secret>> = match scope {
-                Some(namespace) => Api::namespaced(client.clone(), namespace),
-                None => Api::all(client.clone()),
-            };
+            let secrets_metadata: Api<PartialObjectMeta<Secret>> =
+                scoped(&client, scope.as_deref());
             let secret_changes = watcher(secrets_metadata, watcher::Config::default())
                 .default_backoff()
                 .modify(|secret: &mut PartialObjectMeta<Secret>| {
