@@ -79,6 +79,7 @@ pub struct Limits {
 }
 
 /// What the endpoint needs.
+#[derive(Clone)]
 pub struct Endpoint {
     routes: Arc<Routes>,
     forwarder: Forwarder,
@@ -117,14 +118,8 @@ impl Endpoint {
     /// the metrics and the overall cap.
     pub fn with_forwarder(&self, forwarder: Forwarder) -> Self {
         Self {
-            routes: self.routes.clone(),
             forwarder,
-            limits: self.limits,
-            source_filter: self.source_filter.clone(),
-            metrics: self.metrics.clone(),
-            prefix: self.prefix.clone(),
-            webhook_path: self.webhook_path.clone(),
-            in_flight: self.in_flight.clone(),
+            ..self.clone()
         }
     }
 }
