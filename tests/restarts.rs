@@ -202,12 +202,9 @@ fn the_api_server_and_etcd_restart_under_the_controller_and_the_router() -> anyh
         );
 
         // Exactly the pair each Secret holds is registered and routed.
-        let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
         let http = reqwest::Client::builder().no_proxy().build()?;
         for i in 0..BOTS {
-            let secret = secrets.get(&format!("{}-webhook", name(i))).await?;
-            let path = secret_value(&secret, "webhook-secret").unwrap_or_default();
-            let token = secret_value(&secret, "secret-token").unwrap_or_default();
+            let (path, token) = webhook_pair(&env, &name(i)).await?;
             let webhook = telegram.webhook(8000 + i as i64).context("no webhook at Telegram")?;
             assert_eq!(webhook.url, format!("{BASE}/webhook/{path}"), "bot {i}");
             assert_eq!(webhook.secret_token.as_deref(), Some(token.as_str()), "bot {i}");

@@ -33,16 +33,6 @@ fn http() -> reqwest::Client {
         .expect("a client")
 }
 
-/// The webhook pair the bot's Secret holds now.
-async fn pair(env: &testbed::TestEnv, bot: &str) -> anyhow::Result<(String, String)> {
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
-    let secret = secrets.get(&format!("{bot}-webhook")).await?;
-    Ok((
-        secret_value(&secret, "webhook-secret").unwrap_or_default(),
-        secret_value(&secret, "secret-token").unwrap_or_default(),
-    ))
-}
-
 async fn post(url: &str, token: &str, body: String) -> anyhow::Result<(StatusCode, String)> {
     let response = http()
         .post(url)
@@ -117,7 +107,7 @@ async fn an_applied_bot_is_routed_by_ready_and_its_backend_reply_comes_back() ->
     .await?;
     ready_bot(&env, "route", Duration::from_secs(30)).await?;
     let ready_seen = Instant::now();
-    let (path, secret_token) = pair(&env, "route").await?;
+    let (path, secret_token) = webhook_pair(&env, "route").await?;
     let url = router.webhook_url(&path);
     // Routing is published before setWebhook, so a Ready bot is routed; the
     // bound is the "within a second of Ready".
@@ -228,7 +218,7 @@ async fn a_rotation_under_steady_deliveries_delivers_every_update_exactly_once()
     )
     .await?;
     ready_bot(&env, "rotate", Duration::from_secs(30)).await?;
-    let (old_path, old_token) = pair(&env, "rotate").await?;
+    let (old_path, old_token) = webhook_pair(&env, "rotate").await?;
 
     // Telegram's side: numbered updates, each sent to the webhook registered
     // at that moment and sent again after any non-2xx, as Telegram does.
@@ -283,7 +273,7 @@ async fn a_rotation_under_steady_deliveries_delivers_every_update_exactly_once()
     )
     .await?;
     let refused = sender.await?;
-    let (new_path, new_token) = pair(&env, "rotate").await?;
+    let (new_path, new_token) = webhook_pair(&env, "rotate").await?;
     assert_ne!(new_path, old_path);
     assert!(telegram.webhook(8102).unwrap().url.ends_with(&new_path));
 
@@ -359,7 +349,7 @@ async fn suspend_and_delete_take_the_route_away() -> anyhow::Result<()> {
     )
     .await?;
     ready_bot(&env, "gone", Duration::from_secs(30)).await?;
-    let (path, secret_token) = pair(&env, "gone").await?;
+    let (path, secret_token) = webhook_pair(&env, "gone").await?;
     let url = router.webhook_url(&path);
     let routed = |expected: StatusCode| {
         let url = url.clone();
@@ -389,7 +379,7 @@ async fn suspend_and_delete_take_the_route_away() -> anyhow::Result<()> {
     set_suspend(&env, "gone", false).await?;
     ready_bot(&env, "gone", Duration::from_secs(30)).await?;
     assert_eq!(
-        pair(&env, "gone").await?.0,
+        webhook_pair(&env, "gone").await?.0,
         path,
         "resuming keeps the secret"
     );

@@ -16,7 +16,6 @@ use std::{
 };
 
 use common::*;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use reqwest::StatusCode;
 use testbed::{FakeTelegram, TestEnv, backend::Backend};
@@ -40,15 +39,6 @@ async fn post(http: &reqwest::Client, url: &str, token: &str, body: String) -> O
         .send()
         .await;
     response.ok().map(|r| r.status())
-}
-
-async fn pair(env: &TestEnv, bot: &str) -> anyhow::Result<(String, String)> {
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
-    let secret = secrets.get(&format!("{bot}-webhook")).await?;
-    Ok((
-        secret_value(&secret, "webhook-secret").unwrap_or_default(),
-        secret_value(&secret, "secret-token").unwrap_or_default(),
-    ))
 }
 
 async fn router_on(
@@ -219,7 +209,7 @@ async fn ten_thousand_updates_across_rotations_a_router_restart_and_a_backend_ou
         received.len() - unique.len(),
         took.as_secs_f64()
     );
-    let (path, secret_token) = pair(&env, "stream").await?;
+    let (path, secret_token) = webhook_pair(&env, "stream").await?;
     assert_no_secret_leaked(
         &env,
         &[&token, &path, &secret_token],
@@ -251,7 +241,7 @@ async fn routes_churning_under_load_never_misroute_and_two_routers_agree() -> an
     }
     for i in 0..3 {
         ready_bot(&env, &format!("stable-{i}"), Duration::from_secs(30)).await?;
-        stable.push(pair(&env, &format!("stable-{i}")).await?);
+        stable.push(webhook_pair(&env, &format!("stable-{i}")).await?);
     }
 
     // The load: the stable bots' deliveries, alternating between the routers.
@@ -302,7 +292,7 @@ async fn routes_churning_under_load_never_misroute_and_two_routers_agree() -> an
         apply_bot(&env, &name, &token, spec.clone()).await?;
         tokens.push(token);
         ready_bot(&env, &name, Duration::from_secs(30)).await?;
-        let first = pair(&env, &name).await?;
+        let first = webhook_pair(&env, &name).await?;
         for router in &routers {
             let url = format!("http://{router}/webhook/{}", first.0);
             let routed = eventually(Duration::from_secs(5), "a new bot's route", || async {
@@ -340,7 +330,7 @@ async fn routes_churning_under_load_never_misroute_and_two_routers_agree() -> an
         })
         .await?;
         let rotated_at = Instant::now();
-        let second = pair(&env, &name).await?;
+        let second = webhook_pair(&env, &name).await?;
         // The rotated-out pair: gone from both routers (grace 0), for good.
         for router in &routers {
             let url = format!("http://{router}/webhook/{}", first.0);

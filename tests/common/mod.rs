@@ -332,6 +332,16 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
+/// The webhook pair (path secret, secret token) the bot's Secret holds now.
+pub async fn webhook_pair(env: &TestEnv, bot: &str) -> anyhow::Result<(String, String)> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let secret = secrets.get(&format!("{bot}-webhook")).await?;
+    Ok((
+        secret_value(&secret, "webhook-secret").unwrap_or_default(),
+        secret_value(&secret, "secret-token").unwrap_or_default(),
+    ))
+}
+
 /// The reasons of the Events about an object.
 pub async fn event_reasons(env: &TestEnv, name: &str) -> anyhow::Result<Vec<String>> {
     let events: Api<k8s_openapi::api::events::v1::Event> =
